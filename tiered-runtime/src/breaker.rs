@@ -1,0 +1,225 @@
+//! Circuit breaker in front of every L2 operation.
+//!
+//! Closed: operations pass; `threshold` consecutive connectivity failures open it. Open:
+//! operations are skipped (the caller computes or serves L1) until `cooldown` has passed; then
+//! exactly one operation is let through as a probe (half-open). The probe's success closes the
+//! breaker, its failure re-opens it for another cooldown, and a probe that is dropped before it
+//! reports (its caller was cancelled) lets the next caller probe at once. Every transition is
+//! logged once (WARN when opening, INFO when closing).
+//!
+//! Only connectivity failures count (timeouts, I/O errors, refused credentials): a server reply
+//! such as `OOM` for one large `SET` says nothing about the link and must not stop `DEL`s.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen,
+}
+
+/// What the breaker lets a caller do.
+pub(crate) enum Admission<'a> {
+    /// Go ahead; report with [`Breaker::success`] / [`Breaker::failure`].
+    Pass,
+    /// Go ahead as the single half-open probe; report through the permit.
+    Probe(ProbePermit<'a>),
+    /// Skip L2.
+    Reject,
+}
+
+pub(crate) struct Breaker {
+    state: Mutex<State>,
+    threshold: u32,
+    cooldown: Duration,
+    addr: String,
+}
+
+/// Transition observed by an update, for counting.
+pub(crate) type Transitioned = bool;
+
+impl Breaker {
+    pub(crate) fn new(threshold: u32, cooldown: Duration, addr: String) -> Self {
+        Breaker {
+            state: Mutex::new(State::Closed { failures: 0 }),
+            threshold,
+            cooldown,
+            addr,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn admit(&self) -> (Admission<'_>, Transitioned) {
+        let mut s = self.lock();
+        match *s {
+            State::Closed { .. } => (Admission::Pass, false),
+            State::HalfOpen => (Admission::Reject, false),
+            State::Open { until } if Instant::now() < until => (Admission::Reject, false),
+            State::Open { .. } => {
+                *s = State::HalfOpen;
+                (
+                    Admission::Probe(ProbePermit {
+                        breaker: self,
+                        done: false,
+                    }),
+                    true,
+                )
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn is_open(&self) -> bool {
+        !matches!(*self.lock(), State::Closed { .. })
+    }
+
+    /// A passing operation succeeded.
+    pub(crate) fn success(&self) -> Transitioned {
+        let mut s = self.lock();
+        match *s {
+            State::Closed { failures: 0 } => false,
+            State::Closed { .. } => {
+                *s = State::Closed { failures: 0 };
+                false
+            }
+            State::Open { .. } | State::HalfOpen => {
+                *s = State::Closed { failures: 0 };
+                tracing::info!(redis = %self.addr, "tiered: L2 circuit breaker closed, Redis is answering again");
+                true
+            }
+        }
+    }
+
+    /// A passing operation failed on connectivity.
+    pub(crate) fn failure(&self) -> Transitioned {
+        let mut s = self.lock();
+        match *s {
+            State::Closed { failures } if failures + 1 >= self.threshold => {
+                *s = State::Open {
+                    until: Instant::now() + self.cooldown,
+                };
+                tracing::warn!(
+                    redis = %self.addr,
+                    failures = failures + 1,
+                    cooldown_ms = self.cooldown.as_millis() as u64,
+                    "tiered: L2 circuit breaker opened; serving from L1 and computing until Redis answers"
+                );
+                true
+            }
+            State::Closed { failures } => {
+                *s = State::Closed {
+                    failures: failures + 1,
+                };
+                false
+            }
+            // Failures reported by operations admitted before the breaker opened.
+            State::Open { .. } | State::HalfOpen => false,
+        }
+    }
+
+    /// The connection was re-established: start over closed.
+    pub(crate) fn reset(&self) -> Transitioned {
+        self.success()
+    }
+
+    fn probe_done(&self, ok: bool) -> Transitioned {
+        let mut s = self.lock();
+        if *s != State::HalfOpen {
+            return false;
+        }
+        if ok {
+            *s = State::Closed { failures: 0 };
+            tracing::info!(redis = %self.addr, "tiered: L2 circuit breaker closed after a successful probe");
+        } else {
+            *s = State::Open {
+                until: Instant::now() + self.cooldown,
+            };
+            tracing::debug!(redis = %self.addr, "tiered: L2 probe failed; breaker stays open");
+        }
+        true
+    }
+}
+
+/// The right to be the single half-open probe. Dropped unreported (cancelled caller), it
+/// re-opens the breaker with an expired cooldown so the next caller probes.
+pub(crate) struct ProbePermit<'a> {
+    breaker: &'a Breaker,
+    done: bool,
+}
+
+impl ProbePermit<'_> {
+    pub(crate) fn report(mut self, ok: bool) -> Transitioned {
+        self.done = true;
+        self.breaker.probe_done(ok)
+    }
+}
+
+impl Drop for ProbePermit<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut s = self.breaker.lock();
+            if *s == State::HalfOpen {
+                *s = State::Open {
+                    until: Instant::now(),
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admitted(b: &Breaker) -> &'static str {
+        match b.admit().0 {
+            Admission::Pass => "pass",
+            Admission::Probe(p) => {
+                drop(p);
+                "probe"
+            }
+            Admission::Reject => "reject",
+        }
+    }
+
+    #[test]
+    fn opens_after_threshold_and_probes_after_cooldown() {
+        let b = Breaker::new(3, Duration::from_millis(20), "x:1".into());
+        assert!(!b.failure());
+        assert!(!b.failure());
+        assert_eq!(admitted(&b), "pass");
+        assert!(b.failure());
+        assert_eq!(admitted(&b), "reject");
+        std::thread::sleep(Duration::from_millis(30));
+        let (adm, _) = b.admit();
+        let Admission::Probe(permit) = adm else {
+            panic!("expected a probe");
+        };
+        assert_eq!(admitted(&b), "reject", "only one probe at a time");
+        assert!(permit.report(true));
+        assert_eq!(admitted(&b), "pass");
+    }
+
+    #[test]
+    fn a_dropped_probe_lets_the_next_caller_probe() {
+        let b = Breaker::new(1, Duration::from_millis(1), "x:1".into());
+        b.failure();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(admitted(&b), "probe"); // dropped without report
+        assert_eq!(admitted(&b), "probe");
+    }
+
+    #[test]
+    fn success_resets_the_failure_count() {
+        let b = Breaker::new(2, Duration::from_secs(60), "x:1".into());
+        b.failure();
+        b.success();
+        b.failure();
+        assert!(!b.is_open());
+    }
+}

@@ -1,0 +1,212 @@
+//! The L2 wire format: an envelope around a MessagePack payload.
+//!
+//! ```text
+//! b"tR" | wire version (1 byte) | kind (1 byte, 0 = value) | schema fingerprint (16 bytes) | payload
+//! ```
+//!
+//! The payload is MessagePack with field names (`rmp_serde::to_vec_named`), so reordering
+//! fields of a struct never decodes into swapped values. The fingerprint is the first 16 bytes
+//! of SHA-256 over the value's type name and the site's `version`: entries written for another
+//! type or schema version are misses. Decoding checks, in this order, the size bound, the magic,
+//! the wire version, the kind, the fingerprint, the payload, and that the payload was consumed
+//! to its last byte. Any failure is a [`DecodeError`], which the runtime treats as a miss.
+
+use std::io::Cursor;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+const MAGIC: [u8; 2] = *b"tR";
+/// Version of the envelope layout.
+pub const WIRE_VERSION: u8 = 1;
+const KIND_VALUE: u8 = 0;
+/// Length of the envelope header in bytes.
+pub const HEADER_LEN: usize = 2 + 1 + 1 + 16;
+
+/// Why bytes found in L2 were not accepted as a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Larger than `max_value_bytes`: rejected before decoding.
+    #[error("value of {0} bytes exceeds max_value_bytes")]
+    TooLarge(usize),
+    /// Too short, or not starting with the envelope magic: not written by tiered.
+    #[error("not a tiered envelope")]
+    Foreign,
+    /// Written by another wire version.
+    #[error("wire version {0} is not supported")]
+    WireVersion(u8),
+    /// An envelope of another kind.
+    #[error("envelope kind {0} is not a value")]
+    Kind(u8),
+    /// Written for another type or schema version.
+    #[error("schema fingerprint does not match")]
+    Fingerprint,
+    /// The MessagePack payload does not decode as the expected type.
+    #[error("payload does not decode: {0}")]
+    Payload(String),
+    /// The payload decoded but bytes were left over.
+    #[error("{0} trailing bytes after the payload")]
+    Trailing(usize),
+}
+
+/// Schema fingerprint of a value type: SHA-256 over its type name and `version`, 16 bytes.
+pub fn fingerprint(type_name: &str, version: u32) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"tiered-schema\0");
+    h.update(type_name.as_bytes());
+    h.update(b"\0");
+    h.update(version.to_le_bytes());
+    let d = h.finalize();
+    let mut fp = [0u8; 16];
+    fp.copy_from_slice(&d[..16]);
+    fp
+}
+
+/// Encodes `value` into an envelope with the given fingerprint.
+pub fn encode<T: Serialize + ?Sized>(
+    fingerprint: &[u8; 16],
+    value: &T,
+) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    let mut out = Vec::with_capacity(HEADER_LEN + 64);
+    out.extend_from_slice(&MAGIC);
+    out.push(WIRE_VERSION);
+    out.push(KIND_VALUE);
+    out.extend_from_slice(fingerprint);
+    value.serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())?;
+    Ok(out)
+}
+
+/// Decodes an envelope, checking everything listed in the module docs.
+pub fn decode<T: DeserializeOwned>(
+    fingerprint: &[u8; 16],
+    bytes: &[u8],
+    max_value_bytes: usize,
+) -> Result<T, DecodeError> {
+    if bytes.len() > max_value_bytes {
+        return Err(DecodeError::TooLarge(bytes.len()));
+    }
+    if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC {
+        return Err(DecodeError::Foreign);
+    }
+    if bytes[2] != WIRE_VERSION {
+        return Err(DecodeError::WireVersion(bytes[2]));
+    }
+    if bytes[3] != KIND_VALUE {
+        return Err(DecodeError::Kind(bytes[3]));
+    }
+    if bytes[4..HEADER_LEN] != fingerprint[..] {
+        return Err(DecodeError::Fingerprint);
+    }
+    let payload = &bytes[HEADER_LEN..];
+    let mut de = rmp_serde::Deserializer::new(Cursor::new(payload));
+    let value = T::deserialize(&mut de).map_err(|e| DecodeError::Payload(e.to_string()))?;
+    let consumed = usize::try_from(de.position()).unwrap_or(usize::MAX);
+    if consumed != payload.len() {
+        return Err(DecodeError::Trailing(
+            payload.len().saturating_sub(consumed),
+        ));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Person {
+        first: String,
+        last: String,
+        age: u32,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Swapped {
+        last: String,
+        first: String,
+        age: u32,
+    }
+
+    fn fp() -> [u8; 16] {
+        fingerprint("Person", 0)
+    }
+
+    fn ada() -> Person {
+        Person {
+            first: "Ada".into(),
+            last: "Lovelace".into(),
+            age: 36,
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let bytes = encode(&fp(), &ada()).unwrap_or_default();
+        assert_eq!(decode::<Person>(&fp(), &bytes, 1 << 20), Ok(ada()));
+    }
+
+    #[test]
+    fn swapped_fields_decode_by_name_never_into_swapped_values() {
+        let bytes = encode(&fp(), &ada()).unwrap_or_default();
+        let s = decode::<Swapped>(&fp(), &bytes, 1 << 20);
+        assert_eq!(
+            s.map(|s| (s.first, s.last)),
+            Ok(("Ada".into(), "Lovelace".into()))
+        );
+    }
+
+    #[test]
+    fn every_kind_of_bad_bytes_is_refused() {
+        let good = encode(&fp(), &ada()).unwrap_or_default();
+        let mut trailing = good.clone();
+        trailing.extend_from_slice(b"junk");
+        let mut version = good.clone();
+        version[2] = 9;
+        let mut kind = good.clone();
+        kind[3] = 7;
+        let other_fp = fingerprint("Person", 1);
+        let d = |b: &[u8]| decode::<Person>(&fp(), b, 1 << 20);
+        assert_eq!(d(b""), Err(DecodeError::Foreign));
+        assert_eq!(
+            d(b"random bytes that are not ours at all"),
+            Err(DecodeError::Foreign)
+        );
+        assert!(matches!(
+            d(&good[..good.len() - 3]),
+            Err(DecodeError::Payload(_))
+        ));
+        assert_eq!(d(&trailing), Err(DecodeError::Trailing(4)));
+        assert_eq!(d(&version), Err(DecodeError::WireVersion(9)));
+        assert_eq!(d(&kind), Err(DecodeError::Kind(7)));
+        assert_eq!(
+            decode::<Person>(&other_fp, &good, 1 << 20),
+            Err(DecodeError::Fingerprint)
+        );
+        assert_eq!(
+            decode::<Person>(&fp(), &good, 10),
+            Err(DecodeError::TooLarge(good.len()))
+        );
+    }
+
+    #[test]
+    fn hostile_headers_fail_fast_without_panicking() {
+        // array32 claiming u32::MAX elements.
+        let mut huge = Vec::from(&encode(&fp(), &0u8).unwrap_or_default()[..HEADER_LEN]);
+        huge.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        assert!(decode::<Vec<u32>>(&fp(), &huge, 1 << 20).is_err());
+        // 200 000 nested arrays.
+        let mut deep = Vec::from(&huge[..HEADER_LEN]);
+        deep.extend(std::iter::repeat_n(0x91u8, 200_000));
+        deep.push(0x01);
+        assert!(decode::<Vec<u32>>(&fp(), &deep, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn fingerprint_depends_on_type_and_version() {
+        assert_ne!(fingerprint("A", 0), fingerprint("B", 0));
+        assert_ne!(fingerprint("A", 0), fingerprint("A", 1));
+        assert_eq!(fingerprint("A", 3), fingerprint("A", 3));
+    }
+}

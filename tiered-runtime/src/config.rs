@@ -1,0 +1,456 @@
+//! [`Builder`] → validated [`Config`].
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::runtime::Runtime;
+
+/// Default namespace when none is configured.
+pub const DEFAULT_NAMESPACE: &str = "tiered";
+/// Default bound on the number of L1 entries.
+pub const DEFAULT_L1_MAX_ENTRIES: u64 = 100_000;
+/// Default time box of one L2 operation.
+pub const DEFAULT_L2_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default time box of one connection attempt to Redis.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default promotion frequency: an L2 hit is copied into L1 one time in this many.
+pub const DEFAULT_PROMOTION_FREQUENCY: u32 = 10;
+/// Default largest encoded value written to (or accepted from) L2: 4 MiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
+/// Default number of consecutive L2 connectivity failures that open the circuit breaker.
+pub const DEFAULT_BREAKER_THRESHOLD: u32 = 3;
+/// Default time the breaker stays open before one probe is let through.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_millis(500);
+
+/// Configures and builds a [`Runtime`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tiered_runtime::Error> {
+/// use std::time::Duration;
+/// let rt = tiered_runtime::Runtime::builder()
+///     .namespace("shop")
+///     .l1_max_entries(10_000)
+///     .l2_timeout(Duration::from_millis(100))
+///     .build()          // no `redis_url`: embedded mode, L1 only
+///     .await?;
+/// assert_eq!(rt.config().namespace(), "shop");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Builder {
+    namespace: String,
+    redis_url: Option<String>,
+    l1_max_entries: u64,
+    l1_max_ttl: Option<Duration>,
+    l2_timeout: Duration,
+    connect_timeout: Duration,
+    promotion_frequency: u32,
+    max_value_bytes: usize,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
+    deferred: Option<(&'static str, String)>,
+}
+
+impl std::fmt::Debug for Builder {
+    // Hand-written so that a password in `redis_url` never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("namespace", &self.namespace)
+            .field("redis", &self.redis_url.as_deref().map(redacted_addr))
+            .field("l1_max_entries", &self.l1_max_entries)
+            .field("l1_max_ttl", &self.l1_max_ttl)
+            .field("l2_timeout", &self.l2_timeout)
+            .field("promotion_frequency", &self.promotion_frequency)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            redis_url: None,
+            l1_max_entries: DEFAULT_L1_MAX_ENTRIES,
+            l1_max_ttl: None,
+            l2_timeout: DEFAULT_L2_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            promotion_frequency: DEFAULT_PROMOTION_FREQUENCY,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
+            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
+            deferred: None,
+        }
+    }
+}
+
+impl Builder {
+    /// A builder with every option at its default (embedded mode, namespace `tiered`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A builder that reads `TIERED_REDIS_URL` and `TIERED_NAMESPACE` from the environment.
+    ///
+    /// Unset or empty variables leave the default; a variable that is not valid UTF-8 makes
+    /// [`build`](Self::build) fail with an error naming the field. Options set afterwards on the
+    /// builder override the environment.
+    pub fn from_env() -> Self {
+        let mut b = Self::default();
+        for (var, field) in [
+            ("TIERED_REDIS_URL", "redis_url"),
+            ("TIERED_NAMESPACE", "namespace"),
+        ] {
+            match std::env::var(var) {
+                Ok(v) if v.is_empty() => {}
+                Ok(v) if field == "redis_url" => b.redis_url = Some(v),
+                Ok(v) => b.namespace = v,
+                Err(std::env::VarError::NotPresent) => {}
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    b.deferred = Some((field, format!("{var} is not valid UTF-8")));
+                }
+            }
+        }
+        b
+    }
+
+    /// Prefix of every key (in L1 and Redis). ASCII letters, digits, `-`, `_` and `.`, at most
+    /// 64 characters; `:` is reserved as the separator so namespaces can never collide.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Redis URL (`redis://[user:password@]host:port[/db]`). Without it the runtime runs in
+    /// embedded mode: L1 only.
+    pub fn redis_url(mut self, url: impl Into<String>) -> Self {
+        self.redis_url = Some(url.into());
+        self
+    }
+
+    /// Upper bound on the number of L1 entries (Moka evicts by TinyLFU beyond it). Default 100 000.
+    pub fn l1_max_entries(mut self, n: u64) -> Self {
+        self.l1_max_entries = n;
+        self
+    }
+
+    /// Caps the lifetime of every L1 entry, whatever the site's TTL. Default: no cap. Bounds
+    /// the staleness caused by writers that bypass invalidation.
+    pub fn l1_max_ttl(mut self, ttl: Duration) -> Self {
+        self.l1_max_ttl = Some(ttl);
+        self
+    }
+
+    /// Time box of every L2 operation. Default 250 ms.
+    pub fn l2_timeout(mut self, timeout: Duration) -> Self {
+        self.l2_timeout = timeout;
+        self
+    }
+
+    /// Time box of one connection attempt to Redis (at `build()` and on every reconnect).
+    /// Default 1 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// An L2 hit is promoted to L1 with probability 1/`n`; `1` always promotes. Default 10.
+    /// A site's `promote` option overrides it.
+    pub fn promotion_frequency(mut self, n: u32) -> Self {
+        self.promotion_frequency = n;
+        self
+    }
+
+    /// Largest encoded value written to L2; larger values stay out of Redis (and a larger value
+    /// found in Redis is treated as a miss without being decoded). Default 4 MiB.
+    pub fn max_value_bytes(mut self, n: usize) -> Self {
+        self.max_value_bytes = n;
+        self
+    }
+
+    /// Consecutive connectivity failures (timeouts, I/O errors) that open the L2 circuit
+    /// breaker. Default 3.
+    pub fn breaker_threshold(mut self, n: u32) -> Self {
+        self.breaker_threshold = n;
+        self
+    }
+
+    /// How long the open breaker skips L2 before a single probe is let through. Default 500 ms.
+    pub fn breaker_cooldown(mut self, d: Duration) -> Self {
+        self.breaker_cooldown = d;
+        self
+    }
+
+    /// Checks every value and returns the validated configuration.
+    pub fn validate(self) -> Result<Config> {
+        if let Some((field, reason)) = self.deferred {
+            return Err(Error::config(field, reason));
+        }
+        validate_namespace(&self.namespace)?;
+        let redis = match self.redis_url {
+            None => None,
+            Some(url) => Some(RedisTarget::parse(url)?),
+        };
+        positive(self.l1_max_entries, "l1_max_entries")?;
+        if self.l1_max_ttl == Some(Duration::ZERO) {
+            return Err(Error::config("l1_max_ttl", "must be greater than zero"));
+        }
+        nonzero_duration(self.l2_timeout, "l2_timeout")?;
+        nonzero_duration(self.connect_timeout, "connect_timeout")?;
+        positive(u64::from(self.promotion_frequency), "promotion_frequency")?;
+        positive(self.max_value_bytes as u64, "max_value_bytes")?;
+        positive(u64::from(self.breaker_threshold), "breaker_threshold")?;
+        nonzero_duration(self.breaker_cooldown, "breaker_cooldown")?;
+        Ok(Config {
+            namespace: self.namespace,
+            redis,
+            l1_max_entries: self.l1_max_entries,
+            l1_max_ttl: self.l1_max_ttl,
+            l2_timeout: self.l2_timeout,
+            connect_timeout: self.connect_timeout,
+            promotion_frequency: self.promotion_frequency,
+            max_value_bytes: self.max_value_bytes,
+            breaker_threshold: self.breaker_threshold,
+            breaker_cooldown: self.breaker_cooldown,
+        })
+    }
+
+    /// Builds a runtime without installing it globally.
+    ///
+    /// With a Redis URL: when Redis answers, this returns once the connection is up; a wrong
+    /// password or an ACL refusal is [`Error::Auth`]. When Redis is merely unreachable, the
+    /// runtime starts degraded (L1 only, a WARN is logged) and connects in the background as
+    /// soon as Redis appears. Must be called inside a Tokio runtime when a Redis URL is set.
+    pub async fn build(self) -> Result<Runtime> {
+        Runtime::from_config(self.validate()?).await
+    }
+
+    /// Builds the runtime and installs it as the process-wide runtime used by memoized calls
+    /// outside any [`Runtime::scope`]. A second install is [`Error::AlreadyInstalled`]; a lazily
+    /// created embedded default (see [`Runtime::current`]) does not count as an install.
+    pub async fn install(self) -> Result<Runtime> {
+        crate::runtime::install(self).await
+    }
+}
+
+/// The validated configuration of a [`Runtime`].
+#[derive(Clone)]
+pub struct Config {
+    pub(crate) namespace: String,
+    pub(crate) redis: Option<RedisTarget>,
+    pub(crate) l1_max_entries: u64,
+    pub(crate) l1_max_ttl: Option<Duration>,
+    pub(crate) l2_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) promotion_frequency: u32,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) breaker_threshold: u32,
+    pub(crate) breaker_cooldown: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("namespace", &self.namespace)
+            .field("redis", &self.redis.as_ref().map(|r| r.addr.as_str()))
+            .field("l1_max_entries", &self.l1_max_entries)
+            .field("l1_max_ttl", &self.l1_max_ttl)
+            .field("l2_timeout", &self.l2_timeout)
+            .field("promotion_frequency", &self.promotion_frequency)
+            .field("max_value_bytes", &self.max_value_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// The key prefix.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    /// `host:port` of the configured Redis, `None` in embedded mode.
+    pub fn redis_addr(&self) -> Option<&str> {
+        self.redis.as_ref().map(|r| r.addr.as_str())
+    }
+    /// Bound on L1 entries.
+    pub fn l1_max_entries(&self) -> u64 {
+        self.l1_max_entries
+    }
+    /// Cap on L1 entry lifetime, if any.
+    pub fn l1_max_ttl(&self) -> Option<Duration> {
+        self.l1_max_ttl
+    }
+    /// Time box of one L2 operation.
+    pub fn l2_timeout(&self) -> Duration {
+        self.l2_timeout
+    }
+    /// Runtime-wide promotion frequency (1-in-N).
+    pub fn promotion_frequency(&self) -> u32 {
+        self.promotion_frequency
+    }
+    /// Largest encoded value kept in L2.
+    pub fn max_value_bytes(&self) -> usize {
+        self.max_value_bytes
+    }
+}
+
+/// A parsed Redis address; keeps the client, never prints the password.
+#[derive(Clone)]
+pub(crate) struct RedisTarget {
+    pub(crate) client: redis::Client,
+    pub(crate) addr: String,
+}
+
+impl RedisTarget {
+    fn parse(url: String) -> Result<Self> {
+        let client = redis::Client::open(url.as_str()).map_err(|e| {
+            // The URL may carry a password: report only what redis-rs says about its shape.
+            Error::config(
+                "redis_url",
+                format!("not a usable Redis URL ({})", e.kind_str()),
+            )
+        })?;
+        Ok(RedisTarget {
+            addr: redacted_addr(&url),
+            client,
+        })
+    }
+}
+
+trait KindStr {
+    fn kind_str(&self) -> String;
+}
+impl KindStr for redis::RedisError {
+    fn kind_str(&self) -> String {
+        format!("{:?}", self.kind())
+    }
+}
+
+/// `host:port` of a Redis URL, without scheme, user or password.
+pub(crate) fn redacted_addr(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    rest[..end].to_owned()
+}
+
+fn validate_namespace(ns: &str) -> Result<()> {
+    if ns.is_empty() || ns.len() > 64 {
+        return Err(Error::config(
+            "namespace",
+            "must be 1 to 64 characters long",
+        ));
+    }
+    if let Some(c) = ns
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(Error::config(
+            "namespace",
+            format!("character {c:?} is not allowed (use ASCII letters, digits, '-', '_', '.')"),
+        ));
+    }
+    Ok(())
+}
+
+fn positive(v: u64, field: &'static str) -> Result<()> {
+    if v == 0 {
+        return Err(Error::config(field, "must be greater than zero"));
+    }
+    Ok(())
+}
+
+fn nonzero_duration(d: Duration, field: &'static str) -> Result<()> {
+    if d.is_zero() {
+        return Err(Error::config(field, "must be greater than zero"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(b: Builder) -> &'static str {
+        match b.validate() {
+            Err(Error::Config { field, .. }) => field,
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_invalid_value_names_its_field() {
+        assert_eq!(field_of(Builder::new().l1_max_entries(0)), "l1_max_entries");
+        assert_eq!(
+            field_of(Builder::new().l2_timeout(Duration::ZERO)),
+            "l2_timeout"
+        );
+        assert_eq!(
+            field_of(Builder::new().connect_timeout(Duration::ZERO)),
+            "connect_timeout"
+        );
+        assert_eq!(
+            field_of(Builder::new().l1_max_ttl(Duration::ZERO)),
+            "l1_max_ttl"
+        );
+        assert_eq!(
+            field_of(Builder::new().promotion_frequency(0)),
+            "promotion_frequency"
+        );
+        assert_eq!(
+            field_of(Builder::new().max_value_bytes(0)),
+            "max_value_bytes"
+        );
+        assert_eq!(
+            field_of(Builder::new().breaker_threshold(0)),
+            "breaker_threshold"
+        );
+        assert_eq!(
+            field_of(Builder::new().breaker_cooldown(Duration::ZERO)),
+            "breaker_cooldown"
+        );
+        assert_eq!(field_of(Builder::new().namespace("")), "namespace");
+        assert_eq!(field_of(Builder::new().namespace("a:b")), "namespace");
+        assert_eq!(
+            field_of(Builder::new().namespace("x".repeat(65))),
+            "namespace"
+        );
+        assert_eq!(
+            field_of(Builder::new().redis_url("http://nope")),
+            "redis_url"
+        );
+        assert_eq!(field_of(Builder::new().redis_url("not a url")), "redis_url");
+    }
+
+    #[test]
+    fn a_malformed_url_error_never_echoes_the_password() {
+        let err = Builder::new()
+            .redis_url("redis://user:S3cr3t-canary@[::1:bad/0")
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(!err.is_empty());
+        assert!(!err.contains("S3cr3t-canary"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let b = Builder::new().redis_url("redis://user:S3cr3t-canary@127.0.0.1:6390/2");
+        let dbg = format!("{b:?}");
+        assert!(!dbg.contains("S3cr3t-canary"), "{dbg}");
+        assert!(dbg.contains("127.0.0.1:6390"), "{dbg}");
+        let cfg = b.validate().map(|c| format!("{c:?}")).unwrap_or_default();
+        assert!(
+            !cfg.contains("S3cr3t-canary") && cfg.contains("127.0.0.1:6390"),
+            "{cfg}"
+        );
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Builder::new().validate().map_err(|e| e.to_string());
+        let c = c.as_ref().map(|c| (c.namespace(), c.promotion_frequency()));
+        assert_eq!(c, Ok(("tiered", 10)));
+    }
+}

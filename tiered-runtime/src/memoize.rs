@@ -1,0 +1,396 @@
+//! The memoization entry point: L1 → coalescer → L2 → body (DESIGN §2).
+
+use std::any::Any;
+use std::fmt::Display;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::coalesce::{Role, Shared, follow};
+use crate::codec;
+use crate::key::Key;
+use crate::l1::AnyValue;
+use crate::runtime::{Runtime, with_current};
+use crate::site::Site;
+use crate::stats::Counters;
+
+/// How a function's return value maps onto what is cached and what followers receive.
+///
+/// The macro picks the kind from the return type; the four implementations cover every
+/// supported shape.
+pub trait ReturnKind: 'static {
+    /// The function's return type.
+    type Output;
+    /// The cached value type.
+    type Value: Clone + Serialize + DeserializeOwned + Send + Sync + 'static;
+    /// The cacheable part of an outcome, if any.
+    fn cached(out: &Self::Output) -> Option<&Self::Value>;
+    /// Rebuilds an outcome from a cached value.
+    fn from_value(v: Self::Value) -> Self::Output;
+    /// A non-cacheable outcome in a form followers of the same flight can share; `None`
+    /// makes the followers form a new flight instead.
+    fn share(out: &Self::Output) -> Option<Arc<dyn Any + Send + Sync>>;
+    /// The follower's copy of a shared outcome.
+    fn unshare(shared: &(dyn Any + Send + Sync)) -> Option<Self::Output>;
+}
+
+/// Any `T`: always cached.
+pub struct Plain<T>(PhantomData<fn() -> T>);
+/// `Option<T>`: `Some` is cached; a `None` is shared with the flight's followers, not cached.
+pub struct Optional<T>(PhantomData<fn() -> T>);
+/// `Result<T, E>` with `E: Clone`: `Ok` is cached; an `Err` reaches every follower of the
+/// flight (one body run per flight), and is never cached.
+pub struct Fallible<T, E>(PhantomData<fn() -> (T, E)>);
+/// `Result<T, E>` whose `E` is not `Clone`: `Ok` is cached; after an `Err` the followers form
+/// one new flight (so the body runs once per flight, never concurrently for one key).
+pub struct FallibleUncloneable<T, E>(PhantomData<fn() -> (T, E)>);
+
+/// The cached-value bound shared by every kind.
+pub trait CacheValue: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
+impl<T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static> CacheValue for T {}
+
+impl<T: CacheValue> ReturnKind for Plain<T> {
+    type Output = T;
+    type Value = T;
+    fn cached(out: &T) -> Option<&T> {
+        Some(out)
+    }
+    fn from_value(v: T) -> T {
+        v
+    }
+    fn share(_: &T) -> Option<Arc<dyn Any + Send + Sync>> {
+        None
+    }
+    fn unshare(_: &(dyn Any + Send + Sync)) -> Option<T> {
+        None
+    }
+}
+
+struct NoneMarker;
+
+impl<T: CacheValue> ReturnKind for Optional<T> {
+    type Output = Option<T>;
+    type Value = T;
+    fn cached(out: &Option<T>) -> Option<&T> {
+        out.as_ref()
+    }
+    fn from_value(v: T) -> Option<T> {
+        Some(v)
+    }
+    fn share(out: &Option<T>) -> Option<Arc<dyn Any + Send + Sync>> {
+        out.is_none()
+            .then(|| Arc::new(NoneMarker) as Arc<dyn Any + Send + Sync>)
+    }
+    fn unshare(shared: &(dyn Any + Send + Sync)) -> Option<Option<T>> {
+        shared.is::<NoneMarker>().then_some(None)
+    }
+}
+
+impl<T: CacheValue, E: Clone + Send + Sync + 'static> ReturnKind for Fallible<T, E> {
+    type Output = Result<T, E>;
+    type Value = T;
+    fn cached(out: &Result<T, E>) -> Option<&T> {
+        out.as_ref().ok()
+    }
+    fn from_value(v: T) -> Result<T, E> {
+        Ok(v)
+    }
+    fn share(out: &Result<T, E>) -> Option<Arc<dyn Any + Send + Sync>> {
+        out.as_ref()
+            .err()
+            .map(|e| Arc::new(e.clone()) as Arc<dyn Any + Send + Sync>)
+    }
+    fn unshare(shared: &(dyn Any + Send + Sync)) -> Option<Result<T, E>> {
+        shared.downcast_ref::<E>().map(|e| Err(e.clone()))
+    }
+}
+
+impl<T: CacheValue, E: 'static> ReturnKind for FallibleUncloneable<T, E> {
+    type Output = Result<T, E>;
+    type Value = T;
+    fn cached(out: &Result<T, E>) -> Option<&T> {
+        out.as_ref().ok()
+    }
+    fn from_value(v: T) -> Result<T, E> {
+        Ok(v)
+    }
+    fn share(_: &Result<T, E>) -> Option<Arc<dyn Any + Send + Sync>> {
+        None
+    }
+    fn unshare(_: &(dyn Any + Send + Sync)) -> Option<Result<T, E>> {
+        None
+    }
+}
+
+pub(crate) enum Lookup<V> {
+    Hit(V),
+    Miss(Runtime, Key),
+    /// The key could not be rendered: run the body without caching.
+    Bypass,
+}
+
+/// Memoizes one call of the function described by `site`, whose key template receives
+/// `args` (in placeholder order), computing with `body` on a miss.
+///
+/// The runtime is the one of the enclosing [`Runtime::scope`], else the installed one, else
+/// the embedded default, resolved **when `memoize` is called**: the key is rendered and L1
+/// consulted before the returned future is first polled, so `args` need not outlive this call
+/// and the future stays `Send` whenever the body's future is. Call it inside the memoized
+/// `async fn` (as the macro does), so that it runs within the caller's scope.
+///
+/// ```
+/// use tiered_runtime::{Plain, Site, SiteOptions, memoize};
+///
+/// static SQUARE: Site = Site::new("doc::square", "square:<n>", SiteOptions::DEFAULT);
+///
+/// async fn square(n: u64) -> u64 {
+///     memoize::<Plain<u64>, _, _>(&SQUARE, &[&n], || async move { n * n }).await
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert_eq!(square(12).await, 144);
+/// assert_eq!(square(12).await, 144); // from L1
+/// # }
+/// ```
+pub fn memoize<K, F, Fut>(
+    site: &'static Site,
+    args: &[&dyn Display],
+    body: F,
+) -> impl Future<Output = K::Output> + use<K, F, Fut>
+where
+    K: ReturnKind,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = K::Output>,
+{
+    let first = with_current(|rt| rt.lookup::<K::Value>(site, args));
+    async move {
+        match first {
+            Lookup::Hit(v) => K::from_value(v),
+            Lookup::Miss(rt, key) => rt.fill::<K, F, Fut>(site, key, body).await,
+            Lookup::Bypass => body().await,
+        }
+    }
+}
+
+impl Runtime {
+    /// Renders the key and consults L1; synchronous, no I/O.
+    #[inline]
+    pub(crate) fn lookup<V: Clone + 'static>(
+        &self,
+        site: &'static Site,
+        args: &[&dyn Display],
+    ) -> Lookup<V> {
+        let Some(key) = self.render(site, args) else {
+            return Lookup::Bypass;
+        };
+        if site.options().tiers.l1()
+            && let Some(v) = self.l1_get::<V>(site, key.as_str())
+        {
+            return Lookup::Hit(v.1);
+        }
+        Lookup::Miss(self.clone(), key)
+    }
+
+    /// L1 hit: the stored `Arc` and a clone of the value.
+    #[inline]
+    fn l1_get<V: Clone + 'static>(&self, site: &'static Site, key: &str) -> Option<(AnyValue, V)> {
+        let entry = self.inner.l1.get(key)?;
+        let counters = self.inner.stats.site(site);
+        match entry.value.downcast_ref::<V>() {
+            Some(v) => {
+                Counters::bump(&counters.l1_hits);
+                let v = v.clone();
+                Some((entry.value, v))
+            }
+            None => {
+                Counters::bump(&counters.type_conflicts);
+                if Site::first_time(&site.warned_type) {
+                    tracing::error!(
+                        site = site.name(),
+                        template = site.template(),
+                        expected = std::any::type_name::<V>(),
+                        "tiered: two functions with different return types share this key template; their entries overwrite each other"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// The slow path: coalesce, read L2, run the body, fill.
+    async fn fill<K, F, Fut>(self, site: &'static Site, key: Key, body: F) -> K::Output
+    where
+        K: ReturnKind,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = K::Output>,
+    {
+        let inner = &*self.inner;
+        let c = inner.stats.site(site);
+        let tiers = site.options().tiers;
+        let guard = loop {
+            match inner.flights.enter(key.as_str()) {
+                Role::Leader(guard) => break guard,
+                Role::Follower(rx) => {
+                    Counters::bump(&c.coalesced_waits);
+                    match follow(rx).await {
+                        Some(Shared::Value(v)) => match v.downcast_ref::<K::Value>() {
+                            Some(v) => return K::from_value(v.clone()),
+                            None => return body().await,
+                        },
+                        Some(Shared::Output(o)) => match K::unshare(&*o) {
+                            Some(out) => return out,
+                            None => return body().await,
+                        },
+                        // The leader was cancelled, panicked or had nothing to share: take over.
+                        Some(Shared::Retry) | None => {
+                            if tiers.l1()
+                                && let Some((_, v)) = self.l1_get::<K::Value>(site, key.as_str())
+                            {
+                                return K::from_value(v);
+                            }
+                        }
+                    }
+                }
+            }
+        };
+
+        // Leader. A previous flight may have filled L1 between our lookup and `enter`.
+        if tiers.l1()
+            && let Some((arc, v)) = self.l1_get::<K::Value>(site, key.as_str())
+        {
+            guard.complete(Shared::Value(arc));
+            return K::from_value(v);
+        }
+
+        let fingerprint = site.fingerprint::<K::Value>();
+        let l2 = inner.l2.as_ref().filter(|_| tiers.l2());
+        if let Some(l2) = l2 {
+            match l2.get_with_ttl(key.as_str()).await {
+                Ok(Some((bytes, remaining))) => {
+                    match codec::decode::<K::Value>(
+                        fingerprint,
+                        &bytes,
+                        inner.config.max_value_bytes,
+                    ) {
+                        Ok(v) => {
+                            Counters::bump(&c.l2_hits);
+                            let arc: AnyValue = Arc::new(v.clone());
+                            if tiers.l1() && self.should_promote(site) {
+                                let ttl = remaining
+                                    .map_or(site.options().ttl, |r| r.min(site.options().ttl));
+                                if !ttl.is_zero() {
+                                    inner.l1.insert(key.as_str().to_owned(), arc.clone(), ttl);
+                                    Counters::bump(&c.promotions);
+                                }
+                            }
+                            guard.complete(Shared::Value(arc));
+                            return K::from_value(v);
+                        }
+                        Err(e) => {
+                            Counters::bump(&c.decode_failures);
+                            if Site::first_time(&site.warned_decode) {
+                                tracing::warn!(
+                                    site = site.name(),
+                                    key_hash = %key_hash(&key),
+                                    reason = %e,
+                                    "tiered: bytes in Redis are not a valid value for this function; treating as a miss and overwriting (logged once per function)"
+                                );
+                            }
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => e.count(c),
+            }
+        }
+
+        Counters::bump(&c.misses);
+        Counters::bump(&c.computations);
+        let out = body().await;
+        match K::cached(&out) {
+            Some(v) => {
+                let arc: AnyValue = Arc::new(v.clone());
+                if tiers.l1() {
+                    inner
+                        .l1
+                        .insert(key.as_str().to_owned(), arc.clone(), site.options().ttl);
+                }
+                if let Some(l2) = l2 {
+                    self.store(l2, site, &key, v, fingerprint).await;
+                }
+                guard.complete(Shared::Value(arc));
+            }
+            None => guard.complete(K::share(&out).map_or(Shared::Retry, Shared::Output)),
+        }
+        out
+    }
+
+    async fn store<V: Serialize>(
+        &self,
+        l2: &crate::l2::L2,
+        site: &'static Site,
+        key: &Key,
+        v: &V,
+        fingerprint: &[u8; 16],
+    ) {
+        let c = self.inner.stats.site(site);
+        match codec::encode(fingerprint, v) {
+            Ok(bytes) if bytes.len() <= self.inner.config.max_value_bytes => {
+                match l2.set(key.as_str(), &bytes, site.options().ttl).await {
+                    Ok(()) => Counters::bump(&c.l2_writes),
+                    Err(e) => e.count(c),
+                }
+            }
+            other => {
+                // Too large (or not serializable): keep it out of Redis, and make sure that no
+                // older value for the key stays there either.
+                Counters::bump(&c.oversize_skips);
+                if let Err(e) = other {
+                    tracing::debug!(site = site.name(), error = %e, "tiered: value could not be encoded for L2");
+                }
+                if let Err(e) = l2.del(key.as_str()).await {
+                    e.count(c);
+                }
+            }
+        }
+    }
+
+    fn should_promote(&self, site: &'static Site) -> bool {
+        let n = match site.options().promote {
+            0 => self.inner.config.promotion_frequency,
+            n => n,
+        };
+        one_in(n)
+    }
+}
+
+/// A short, stable hash of a key for logs (keys may carry user data).
+pub(crate) fn key_hash(key: &Key) -> String {
+    let fp = codec::fingerprint(key.as_str(), 0);
+    fp[..4].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `true` with probability 1/`n` (thread-local xorshift; `n <= 1` is always `true`).
+pub(crate) fn one_in(n: u32) -> bool {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(std::thread::current().id()) | 1
+        });
+    }
+    if n <= 1 {
+        return true;
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x % u64::from(n) == 0
+    })
+}

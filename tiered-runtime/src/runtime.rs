@@ -1,0 +1,256 @@
+//! [`Runtime`]: the cheap handle over one instance's L1, L2, flights and counters; the
+//! process-wide installed runtime; task-local scopes.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+
+use crate::coalesce::Flights;
+use crate::config::{Builder, Config};
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::l1::L1;
+use crate::l2::L2;
+use crate::site::Site;
+use crate::stats::{SiteTable, Stats};
+
+tokio::task_local! {
+    static CURRENT: Runtime;
+}
+
+static INSTALLED: OnceLock<Runtime> = OnceLock::new();
+static DEFAULT: OnceLock<Runtime> = OnceLock::new();
+
+/// One cache instance: an L1, an optional L2 connection, the in-flight computations and the
+/// counters. Cloning is cheap (an `Arc`); all clones are the same instance.
+///
+/// Memoized calls use, in this order: the runtime of the enclosing [`scope`](Self::scope), the
+/// [installed](Builder::install) one, or a lazily created embedded default (L1 only, default
+/// options; one INFO line is logged when it is created). A later `install()` takes precedence
+/// over that default.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tiered_runtime::Error> {
+/// use tiered_runtime::{Plain, Runtime, Site, SiteOptions, memoize};
+///
+/// static DOUBLE: Site = Site::new("doc::double", "double:<n>", SiteOptions::DEFAULT);
+///
+/// async fn double(n: u32) -> u32 {
+///     memoize::<Plain<u32>, _, _>(&DOUBLE, &[&n], move || async move { n * 2 }).await
+/// }
+///
+/// let a = Runtime::builder().namespace("a").build().await?;
+/// let b = Runtime::builder().namespace("b").build().await?;
+/// let run = double;
+/// assert_eq!(a.scope(run(2)).await, 4);
+/// assert_eq!(a.scope(run(2)).await, 4);
+/// assert_eq!(b.scope(run(2)).await, 4);
+/// assert_eq!(a.stats().total.computations, 1);
+/// assert_eq!(b.stats().total.computations, 1); // separate instances, separate L1s
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) l1: L1,
+    pub(crate) l2: Option<L2>,
+    pub(crate) flights: Flights,
+    pub(crate) stats: Arc<SiteTable>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// A [`Builder`] with default options.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    pub(crate) async fn from_config(config: Config) -> Result<Runtime> {
+        let stats = Arc::new(SiteTable::new());
+        let l2 = match &config.redis {
+            Some(target) => Some(L2::start(target, &config, stats.clone()).await?),
+            None => None,
+        };
+        Ok(Self::assemble(config, l2, stats))
+    }
+
+    fn assemble(config: Config, l2: Option<L2>, stats: Arc<SiteTable>) -> Runtime {
+        Runtime {
+            inner: Arc::new(Inner {
+                l1: L1::new(config.l1_max_entries, config.l1_max_ttl),
+                config,
+                l2,
+                flights: Flights::new(),
+                stats,
+            }),
+        }
+    }
+
+    fn embedded_default() -> Runtime {
+        tracing::info!(
+            "tiered: no runtime installed; memoized calls use an embedded L1-only default \
+             (call tiered::Runtime::builder()…install() at start-up to configure Redis)"
+        );
+        let config = Builder::new().validate();
+        // Defaults are valid by construction (unit-tested); fall back field by field anyway.
+        let config = config.unwrap_or_else(|_| Config {
+            namespace: crate::config::DEFAULT_NAMESPACE.to_owned(),
+            redis: None,
+            l1_max_entries: crate::config::DEFAULT_L1_MAX_ENTRIES,
+            l1_max_ttl: None,
+            l2_timeout: crate::config::DEFAULT_L2_TIMEOUT,
+            connect_timeout: crate::config::DEFAULT_CONNECT_TIMEOUT,
+            promotion_frequency: crate::config::DEFAULT_PROMOTION_FREQUENCY,
+            max_value_bytes: crate::config::DEFAULT_MAX_VALUE_BYTES,
+            breaker_threshold: crate::config::DEFAULT_BREAKER_THRESHOLD,
+            breaker_cooldown: crate::config::DEFAULT_BREAKER_COOLDOWN,
+        });
+        Self::assemble(config, None, Arc::new(SiteTable::new()))
+    }
+
+    /// The runtime memoized calls would use here: scoped, else installed, else the embedded
+    /// default.
+    pub fn current() -> Runtime {
+        with_current(Runtime::clone)
+    }
+
+    /// The installed runtime, if [`Builder::install`] succeeded.
+    pub fn installed() -> Option<Runtime> {
+        INSTALLED.get().cloned()
+    }
+
+    /// Runs `fut` with this runtime as the current one (task-local). Tasks spawned inside
+    /// `fut` do not inherit the scope; wrap their futures in `scope` too.
+    pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
+        CURRENT.scope(self.clone(), fut).await
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// A snapshot of the counters, summed and per site.
+    pub fn stats(&self) -> Stats {
+        let (total, sites) = self.inner.stats.snapshot();
+        Stats {
+            total,
+            sites,
+            inflight: self.inner.flights.len(),
+            l1_entries: self.inner.l1.entry_count(),
+            l2_configured: self.inner.l2.is_some(),
+            l2_connected: self.inner.l2.as_ref().is_some_and(L2::is_connected),
+        }
+    }
+
+    /// The key `site` renders for `args` in this runtime's namespace.
+    pub fn key(&self, site: &'static Site, args: &[&dyn Display]) -> Result<Key> {
+        match site.compiled() {
+            Ok(t) => t
+                .render(&self.inner.config.namespace, args)
+                .ok_or(Error::KeyArity {
+                    site: site.name(),
+                    template: site.template(),
+                    expected: t.placeholders(),
+                    got: args.len(),
+                }),
+            Err(e) => Err(Error::config(
+                "key",
+                format!("{} in `{}`", e, site.template()),
+            )),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn render(&self, site: &'static Site, args: &[&dyn Display]) -> Option<Key> {
+        if let Ok(t) = site.compiled()
+            && let Some(key) = t.render(&self.inner.config.namespace, args)
+        {
+            return Some(key);
+        }
+        if Site::first_time(&site.warned_template) {
+            let reason = self.key(site, args).err().map(|e| e.to_string());
+            tracing::error!(
+                site = site.name(),
+                reason,
+                "tiered: cannot render the key; calls run uncached"
+            );
+        }
+        None
+    }
+
+    /// Invalidates the entry `site` renders for `args`: evicts it from this runtime's L1, then
+    /// deletes it in Redis (when configured and the site uses L2).
+    ///
+    /// The local eviction always happens; the result is `Err` when the remote part could not be
+    /// done within `l2_timeout` (or Redis is unavailable), so the caller knows other instances
+    /// may still serve the old value until its TTL ends.
+    pub async fn invalidate(&self, site: &'static Site, args: &[&dyn Display]) -> Result<()> {
+        let key = self.key(site, args)?;
+        self.invalidate_key(site, key).await
+    }
+
+    async fn invalidate_key(&self, site: &'static Site, key: Key) -> Result<()> {
+        let inner = &*self.inner;
+        inner.l1.remove(key.as_str());
+        let c = inner.stats.site(site);
+        crate::stats::Counters::bump(&c.invalidations_sent);
+        match inner.l2.as_ref().filter(|_| site.options().tiers.l2()) {
+            Some(l2) => l2.del(key.as_str()).await.map_err(|e| {
+                e.count(c);
+                e.into_error("del", l2.timeout())
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Removes every entry from this runtime's L1.
+    pub fn flush_l1(&self) {
+        self.inner.l1.flush();
+        crate::stats::Counters::bump(&self.inner.stats.runtime().l1_flushes);
+    }
+}
+
+/// Calls `f` with the current runtime without cloning it.
+#[inline]
+pub(crate) fn with_current<R>(f: impl Fn(&Runtime) -> R) -> R {
+    match CURRENT.try_with(&f) {
+        Ok(r) => r,
+        Err(_) => f(static_runtime()),
+    }
+}
+
+fn static_runtime() -> &'static Runtime {
+    match INSTALLED.get() {
+        Some(rt) => rt,
+        None => DEFAULT.get_or_init(Runtime::embedded_default),
+    }
+}
+
+pub(crate) async fn install(builder: Builder) -> Result<Runtime> {
+    if INSTALLED.get().is_some() {
+        return Err(Error::AlreadyInstalled);
+    }
+    let rt = builder.build().await?;
+    INSTALLED
+        .set(rt.clone())
+        .map_err(|_| Error::AlreadyInstalled)?;
+    Ok(rt)
+}
+
+/// A snapshot of the current runtime's counters (see [`Runtime::current`]).
+pub fn stats() -> Stats {
+    with_current(Runtime::stats)
+}

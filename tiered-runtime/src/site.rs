@@ -1,0 +1,171 @@
+//! [`Site`]: the per-function `static` the macro emits.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::key::{Template, TemplateError};
+
+/// Which tiers a site uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tiers {
+    /// L1 only: nothing is sent to Redis.
+    L1,
+    /// L2 only: L1 is never filled.
+    L2,
+    /// L1 in front of L2 (the default).
+    Both,
+}
+
+impl Tiers {
+    pub(crate) fn l1(self) -> bool {
+        matches!(self, Tiers::L1 | Tiers::Both)
+    }
+    pub(crate) fn l2(self) -> bool {
+        matches!(self, Tiers::L2 | Tiers::Both)
+    }
+}
+
+/// Named TTL presets of the `strategy` attribute option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// 10 seconds.
+    RealTime,
+    /// 5 minutes.
+    ShortTerm,
+    /// 1 hour.
+    MediumTerm,
+    /// 3 hours.
+    LongTerm,
+    /// 5 minutes.
+    Default,
+}
+
+impl Strategy {
+    /// The TTL of the preset.
+    pub const fn ttl(self) -> Duration {
+        match self {
+            Strategy::RealTime => Duration::from_secs(10),
+            Strategy::ShortTerm | Strategy::Default => Duration::from_secs(5 * 60),
+            Strategy::MediumTerm => Duration::from_secs(60 * 60),
+            Strategy::LongTerm => Duration::from_secs(3 * 60 * 60),
+        }
+    }
+}
+
+/// The options of one memoized function.
+#[derive(Debug, Clone, Copy)]
+pub struct SiteOptions {
+    /// Lifetime of an entry (L2 TTL; L1 TTL is capped further by the runtime's `l1_max_ttl`).
+    pub ttl: Duration,
+    /// Tiers in use.
+    pub tiers: Tiers,
+    /// Promote an L2 hit to L1 with probability 1/`promote`; `0` uses the runtime's default.
+    pub promote: u32,
+    /// Schema version: bumping it turns entries written by older code into misses.
+    pub version: u32,
+}
+
+impl SiteOptions {
+    /// `Default` strategy (5 min), both tiers, runtime promotion default, version 0.
+    pub const DEFAULT: SiteOptions = SiteOptions {
+        ttl: Strategy::Default.ttl(),
+        tiers: Tiers::Both,
+        promote: 0,
+        version: 0,
+    };
+}
+
+impl Default for SiteOptions {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+static NEXT_SITE_INDEX: AtomicUsize = AtomicUsize::new(0);
+
+/// One memoized function: its name, key template and options, plus the lazily computed state
+/// shared by every runtime (compiled template, index into each runtime's counter table,
+/// rate-limit flags for logs).
+///
+/// Meant to live in a `static`:
+///
+/// ```
+/// use std::time::Duration;
+/// use tiered_runtime::{Site, SiteOptions, Tiers};
+///
+/// static GET_USER: Site = Site::new(
+///     "app::get_user",
+///     "user:<id>",
+///     SiteOptions { ttl: Duration::from_secs(60), tiers: Tiers::Both, promote: 0, version: 1 },
+/// );
+/// assert_eq!(GET_USER.name(), "app::get_user");
+/// ```
+#[derive(Debug)]
+pub struct Site {
+    name: &'static str,
+    template: &'static str,
+    options: SiteOptions,
+    compiled: OnceLock<Result<Template, TemplateError>>,
+    index: OnceLock<usize>,
+    fingerprint: OnceLock<[u8; 16]>,
+    pub(crate) warned_decode: AtomicBool,
+    pub(crate) warned_type: AtomicBool,
+    pub(crate) warned_template: AtomicBool,
+}
+
+impl Site {
+    /// A site for the function `name` (its path, used in stats and logs) with key `template`.
+    pub const fn new(name: &'static str, template: &'static str, options: SiteOptions) -> Site {
+        Site {
+            name,
+            template,
+            options,
+            compiled: OnceLock::new(),
+            index: OnceLock::new(),
+            fingerprint: OnceLock::new(),
+            warned_decode: AtomicBool::new(false),
+            warned_type: AtomicBool::new(false),
+            warned_template: AtomicBool::new(false),
+        }
+    }
+
+    /// The function's path.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The key template, as written.
+    pub fn template(&self) -> &'static str {
+        self.template
+    }
+
+    /// The options.
+    pub fn options(&self) -> &SiteOptions {
+        &self.options
+    }
+
+    pub(crate) fn compiled(&self) -> &Result<Template, TemplateError> {
+        self.compiled.get_or_init(|| Template::parse(self.template))
+    }
+
+    /// Dense process-wide index, assigned on first use; each runtime keeps its per-site
+    /// counters in a table indexed by it.
+    pub(crate) fn index(&self) -> usize {
+        *self
+            .index
+            .get_or_init(|| NEXT_SITE_INDEX.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Schema fingerprint of the value type `T` at this site (type name + `version`).
+    pub(crate) fn fingerprint<T: 'static>(&self) -> &[u8; 16] {
+        self.fingerprint.get_or_init(|| {
+            crate::codec::fingerprint(std::any::type_name::<T>(), self.options.version)
+        })
+    }
+
+    /// Logs at most once per site and flag.
+    pub(crate) fn first_time(flag: &AtomicBool) -> bool {
+        !flag.swap(true, Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,200 @@
+//! Counters, per runtime and per site, and their snapshot ([`Stats`]).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::site::Site;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Live counters: relaxed atomics, bumped on the hot path.
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        /// A snapshot of counters (per site, or summed over the runtime).
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Counts {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl Counters {
+            pub(crate) fn snapshot(&self) -> Counts {
+                Counts { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+
+        impl Counts {
+            fn add(&mut self, other: &Counts) {
+                $(self.$name += other.$name;)*
+            }
+
+            /// `(name, value)` for every counter, in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Calls answered from L1.
+    l1_hits,
+    /// Calls answered from L2 (by a flight's leader).
+    l2_hits,
+    /// Lookups that found nothing usable in any tier and ran the body.
+    misses,
+    /// Body runs.
+    computations,
+    /// Callers that joined another caller's in-flight computation instead of running the body.
+    coalesced_waits,
+    /// L2 hits copied into L1.
+    promotions,
+    /// Values written to L2.
+    l2_writes,
+    /// L2 operations that failed (connection or server error).
+    l2_errors,
+    /// L2 operations that exceeded `l2_timeout`.
+    l2_timeouts,
+    /// L2 operations skipped because Redis was not connected or the breaker was open.
+    l2_skips,
+    /// Bytes in L2 that were not a value of ours (corrupt, foreign, wrong schema, oversized).
+    decode_failures,
+    /// Values not written to L2 because they exceed `max_value_bytes` (or failed to encode).
+    oversize_skips,
+    /// Keys invalidated by this runtime.
+    invalidations_sent,
+    /// Invalidations received from other instances.
+    invalidations_received,
+    /// Times L1 was flushed as a whole.
+    l1_flushes,
+    /// L1 entries whose type did not match the site's (two sites sharing a template).
+    type_conflicts,
+    /// Circuit breaker transitions (closed→open, open→half-open→closed …).
+    breaker_transitions,
+    /// Successful (re)connections to Redis.
+    l2_connects,
+}
+
+impl Counters {
+    #[inline]
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One site's counters in a [`Stats`] snapshot.
+#[derive(Debug, Clone)]
+pub struct SiteStats {
+    /// The function's path.
+    pub name: &'static str,
+    /// Its counters.
+    pub counts: Counts,
+}
+
+/// A snapshot of a runtime's counters.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Every counter summed over the runtime.
+    pub total: Counts,
+    /// Counters of each site this runtime has served.
+    pub sites: Vec<SiteStats>,
+    /// Computations (flights) in progress right now.
+    pub inflight: usize,
+    /// Entries currently in L1 (approximate, as Moka reports it).
+    pub l1_entries: u64,
+    /// Whether Redis is configured.
+    pub l2_configured: bool,
+    /// Whether a Redis connection is up right now.
+    pub l2_connected: bool,
+}
+
+impl Stats {
+    /// The counters of the site named `name`, if it has been used.
+    pub fn site(&self, name: &str) -> Option<&Counts> {
+        self.sites
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| &s.counts)
+    }
+}
+
+const CHUNK: usize = 64;
+const CHUNKS: usize = 64;
+
+struct Slot {
+    site: OnceLock<&'static Site>,
+    counters: Counters,
+}
+
+/// Per-site counters of one runtime, indexed by [`Site::index`], lock-free on the hot path:
+/// 64 lazily allocated chunks of 64 slots. Sites beyond 4096 in one process share one overflow
+/// slot (reported under the name `"(other sites)"`).
+pub(crate) struct SiteTable {
+    chunks: [OnceLock<Box<[Slot]>>; CHUNKS],
+    overflow: Counters,
+    runtime: Counters,
+}
+
+impl SiteTable {
+    pub(crate) fn new() -> Self {
+        SiteTable {
+            chunks: std::array::from_fn(|_| OnceLock::new()),
+            overflow: Counters::default(),
+            runtime: Counters::default(),
+        }
+    }
+
+    /// Counters not tied to one site (breaker, connection, flushes).
+    pub(crate) fn runtime(&self) -> &Counters {
+        &self.runtime
+    }
+
+    #[inline]
+    pub(crate) fn site(&self, site: &'static Site) -> &Counters {
+        let i = site.index();
+        let Some(chunk) = self.chunks.get(i / CHUNK) else {
+            return &self.overflow;
+        };
+        let chunk = chunk.get_or_init(|| {
+            (0..CHUNK)
+                .map(|_| Slot {
+                    site: OnceLock::new(),
+                    counters: Counters::default(),
+                })
+                .collect()
+        });
+        let slot = &chunk[i % CHUNK];
+        slot.site.get_or_init(|| site);
+        &slot.counters
+    }
+
+    pub(crate) fn snapshot(&self) -> (Counts, Vec<SiteStats>) {
+        let mut total = self.runtime.snapshot();
+        let mut sites = Vec::new();
+        for chunk in self.chunks.iter().filter_map(OnceLock::get) {
+            for slot in chunk.iter() {
+                if let Some(site) = slot.site.get() {
+                    let counts = slot.counters.snapshot();
+                    total.add(&counts);
+                    sites.push(SiteStats {
+                        name: site.name(),
+                        counts,
+                    });
+                }
+            }
+        }
+        let overflow = self.overflow.snapshot();
+        if overflow != Counts::default() {
+            total.add(&overflow);
+            sites.push(SiteStats {
+                name: "(other sites)",
+                counts: overflow,
+            });
+        }
+        (total, sites)
+    }
+}
