@@ -176,7 +176,7 @@ impl Template {
 
     /// Renders `{namespace}:{template}` with `values` in placeholder order, or `None` when the
     /// number of values differs from the number of placeholders.
-    pub fn render(&self, namespace: &str, values: &[&dyn Display]) -> Option<Key> {
+    pub fn render(&self, namespace: &str, values: &[&(dyn Display + Sync)]) -> Option<Key> {
         if values.len() != self.placeholders {
             return None;
         }
@@ -249,7 +249,7 @@ impl fmt::Write for Escaper<'_> {
 mod tests {
     use super::*;
 
-    fn render(t: &str, v: &[&dyn Display]) -> String {
+    fn render(t: &str, v: &[&(dyn Display + Sync)]) -> String {
         Template::parse(t)
             .ok()
             .and_then(|t| t.render("ns", v))

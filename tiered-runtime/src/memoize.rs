@@ -157,7 +157,7 @@ pub(crate) enum Lookup<V> {
 /// ```
 pub fn memoize<K, F, Fut>(
     site: &'static Site,
-    args: &[&dyn Display],
+    args: &[&(dyn Display + Sync)],
     body: F,
 ) -> impl Future<Output = K::Output> + use<K, F, Fut>
 where
@@ -181,7 +181,7 @@ impl Runtime {
     pub(crate) fn lookup<V: Clone + 'static>(
         &self,
         site: &'static Site,
-        args: &[&dyn Display],
+        args: &[&(dyn Display + Sync)],
     ) -> Lookup<V> {
         let Some(key) = self.render(site, args) else {
             return Lookup::Bypass;

@@ -131,10 +131,11 @@ impl Runtime {
         INSTALLED.get().cloned()
     }
 
-    /// Runs `fut` with this runtime as the current one (task-local). Tasks spawned inside
-    /// `fut` do not inherit the scope; wrap their futures in `scope` too.
-    pub async fn scope<F: Future>(&self, fut: F) -> F::Output {
-        CURRENT.scope(self.clone(), fut).await
+    /// Runs `fut` with this runtime as the current one (task-local). The returned future owns
+    /// a handle, so it can be spawned. Tasks spawned inside `fut` do not inherit the scope;
+    /// wrap their futures in `scope` too.
+    pub fn scope<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> + use<F> {
+        CURRENT.scope(self.clone(), fut)
     }
 
     /// The validated configuration.
@@ -156,7 +157,7 @@ impl Runtime {
     }
 
     /// The key `site` renders for `args` in this runtime's namespace.
-    pub fn key(&self, site: &'static Site, args: &[&dyn Display]) -> Result<Key> {
+    pub fn key(&self, site: &'static Site, args: &[&(dyn Display + Sync)]) -> Result<Key> {
         match site.compiled() {
             Ok(t) => t
                 .render(&self.inner.config.namespace, args)
@@ -174,7 +175,11 @@ impl Runtime {
     }
 
     #[inline]
-    pub(crate) fn render(&self, site: &'static Site, args: &[&dyn Display]) -> Option<Key> {
+    pub(crate) fn render(
+        &self,
+        site: &'static Site,
+        args: &[&(dyn Display + Sync)],
+    ) -> Option<Key> {
         if let Ok(t) = site.compiled()
             && let Some(key) = t.render(&self.inner.config.namespace, args)
         {
@@ -197,7 +202,11 @@ impl Runtime {
     /// The local eviction always happens; the result is `Err` when the remote part could not be
     /// done within `l2_timeout` (or Redis is unavailable), so the caller knows other instances
     /// may still serve the old value until its TTL ends.
-    pub async fn invalidate(&self, site: &'static Site, args: &[&dyn Display]) -> Result<()> {
+    pub async fn invalidate(
+        &self,
+        site: &'static Site,
+        args: &[&(dyn Display + Sync)],
+    ) -> Result<()> {
         let key = self.key(site, args)?;
         self.invalidate_key(site, key).await
     }

@@ -1,0 +1,420 @@
+//! Coalescing (RELIABILITY scenarios 1–4): one body run per key per process, and no follower
+//! is ever stranded by a leader that is cancelled, panics or fails.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{Calls, RedisServer, bounded};
+use tiered::{Fallible, FallibleUncloneable, Optional, Plain, Runtime, Site, SiteOptions, memoize};
+use tokio::sync::Notify;
+
+async fn embedded() -> Runtime {
+    Runtime::builder()
+        .namespace("coalesce")
+        .build()
+        .await
+        .expect("embedded runtime")
+}
+
+async fn with_redis(redis: &RedisServer) -> Runtime {
+    Runtime::builder()
+        .namespace("coalesce")
+        .redis_url(redis.url())
+        .build()
+        .await
+        .expect("runtime with redis")
+}
+
+/// Waits (bounded, without sleeping a fixed time) until `n` callers are parked on flights.
+async fn until_waiters(rt: &Runtime, n: u64) {
+    bounded("followers to join", async {
+        while rt.stats().total.coalesced_waits < n {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+}
+
+static BURST: Site = Site::new(
+    "coalescing::burst",
+    "burst:<rep>:<key>",
+    SiteOptions::DEFAULT,
+);
+
+/// 1 000 callers per key; the body holds until all the key's other callers are parked.
+async fn burst(rt: &Runtime, rep: u32, keys: u32, callers: u32) -> (usize, Duration) {
+    let calls = Calls::default();
+    let waits_before = rt.stats().total.coalesced_waits;
+    let expected_waits = waits_before + u64::from(callers - keys);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..callers {
+        let key = i % keys;
+        let (calls, rt2) = (calls.clone(), rt.clone());
+        tasks.push(tokio::spawn(rt.scope(async move {
+            let t = Instant::now();
+            let v = memoize::<Plain<String>, _, _>(&BURST, &[&rep, &key], || async move {
+                calls.hit();
+                // Held back until every other caller is parked (a barrier without sleeps of
+                // fixed length), then a 200 ms body as in the plan.
+                while rt2.stats().total.coalesced_waits < expected_waits {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                format!("value-{rep}-{key}")
+            })
+            .await;
+            assert_eq!(v, format!("value-{rep}-{key}"));
+            t.elapsed()
+        })));
+    }
+    let mut worst = Duration::ZERO;
+    for t in tasks {
+        worst = worst.max(bounded("burst caller", t).await.expect("caller task"));
+    }
+    let _ = started;
+    (calls.get(), worst)
+}
+
+async fn scenario_1(rt: Runtime, label: &str) {
+    let mut worst = Duration::ZERO;
+    for rep in 0..20 {
+        let (runs, w) = burst(&rt, rep, 1, 1000).await;
+        assert_eq!(
+            runs, 1,
+            "repetition {rep}: 1000 callers on one cold key ran the body {runs} times"
+        );
+        worst = worst.max(w);
+    }
+    let (runs, w) = burst(&rt, 1000, 100, 1000).await;
+    assert_eq!(
+        runs, 100,
+        "1000 callers over 100 keys ran the body {runs} times"
+    );
+    assert_eq!(rt.stats().inflight, 0);
+    println!(
+        "scenario 1 ({label}): 20/20 bursts ran the body once; 100 keys -> 100 runs; worst caller latency {worst:?} (body 200 ms), spread run {w:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_1_burst_on_one_key_is_computed_once() {
+    scenario_1(embedded().await, "embedded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_1_burst_on_one_key_is_computed_once_with_redis() {
+    let redis = RedisServer::start();
+    scenario_1(with_redis(&redis).await, "redis").await;
+    // Only one L2 read per flight: followers never touch Redis.
+    assert_eq!(redis.calls("get"), 20 + 100);
+}
+
+static PARKED: Site = Site::new("coalescing::parked", "parked:<case>", SiteOptions::DEFAULT);
+
+/// A body that parks forever on its first run (signalling `entered`) and returns after that.
+async fn parked_call(case: &'static str, calls: Calls, entered: Arc<Notify>) -> u32 {
+    memoize::<Plain<u32>, _, _>(&PARKED, &[&case], || async move {
+        if calls.hit() == 1 {
+            entered.notify_one();
+            std::future::pending::<()>().await;
+        }
+        7
+    })
+    .await
+}
+
+/// Starts a parked leader and 50 followers; returns the leader's handle and the followers.
+async fn leader_and_followers(
+    rt: &Runtime,
+    case: &'static str,
+    calls: &Calls,
+    leader_timeout: Option<Duration>,
+) -> (
+    tokio::task::JoinHandle<Option<u32>>,
+    Vec<tokio::task::JoinHandle<u32>>,
+) {
+    let entered = Arc::new(Notify::new());
+    let (c, e) = (calls.clone(), entered.clone());
+    let leader = tokio::spawn(rt.scope(async move {
+        match leader_timeout {
+            Some(d) => tokio::time::timeout(d, parked_call(case, c, e)).await.ok(),
+            None => Some(parked_call(case, c, e).await),
+        }
+    }));
+    bounded("leader to enter the body", entered.notified()).await;
+    let before = rt.stats().total.coalesced_waits;
+    let followers = (0..50)
+        .map(|_| {
+            let (c, e) = (calls.clone(), entered.clone());
+            tokio::spawn(rt.scope(parked_call(case, c, e)))
+        })
+        .collect();
+    until_waiters(rt, before + 50).await;
+    (leader, followers)
+}
+
+async fn followers_get_the_value(
+    rt: &Runtime,
+    followers: Vec<tokio::task::JoinHandle<u32>>,
+    calls: &Calls,
+) {
+    for f in followers {
+        assert_eq!(bounded("follower", f).await.expect("follower task"), 7);
+    }
+    assert_eq!(
+        calls.get(),
+        2,
+        "one run by the cancelled leader, one by the follower that took over"
+    );
+    assert_eq!(rt.stats().inflight, 0, "in-flight map must be empty");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_2_aborted_leader_hands_over_to_a_follower() {
+    let rt = embedded().await;
+    let calls = Calls::default();
+    let (leader, followers) = leader_and_followers(&rt, "abort", &calls, None).await;
+    leader.abort();
+    assert!(
+        bounded("aborted leader", leader)
+            .await
+            .is_err_and(|e| e.is_cancelled())
+    );
+    followers_get_the_value(&rt, followers, &calls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_2_leader_dropped_by_timeout_hands_over_to_a_follower() {
+    let rt = embedded().await;
+    let calls = Calls::default();
+    // The leader's own timeout fires while it is parked in the body; no test step waits on it.
+    let (leader, followers) =
+        leader_and_followers(&rt, "timeout", &calls, Some(Duration::from_millis(300))).await;
+    assert_eq!(
+        bounded("timed-out leader", leader)
+            .await
+            .expect("leader task"),
+        None
+    );
+    followers_get_the_value(&rt, followers, &calls).await;
+}
+
+static STORM: Site = Site::new("coalescing::storm", "storm", SiteOptions::DEFAULT);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_2_timeout_storm_leaves_nothing_behind() {
+    let rt = embedded().await;
+    let calls = Calls::default();
+    let storm = |calls: Calls| async move {
+        memoize::<Plain<u32>, _, _>(&STORM, &[], || async move {
+            calls.hit();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            1
+        })
+        .await
+    };
+    let tasks: Vec<_> = (0..500)
+        .map(|_| {
+            let c = calls.clone();
+            tokio::spawn(rt.scope(async move {
+                tokio::time::timeout(Duration::from_millis(50), storm(c)).await
+            }))
+        })
+        .collect();
+    let mut timeouts = 0;
+    for t in tasks {
+        if bounded("storm caller", t).await.expect("no panic").is_err() {
+            timeouts += 1;
+        }
+    }
+    assert_eq!(rt.stats().inflight, 0);
+    println!(
+        "scenario 2 storm: {timeouts}/500 callers timed out, body started {} times",
+        calls.get()
+    );
+    assert!(timeouts > 0);
+    let before = calls.get();
+    assert_eq!(
+        bounded("normal call", rt.scope(storm(calls.clone()))).await,
+        1
+    );
+    assert_eq!(
+        calls.get(),
+        before + 1,
+        "the next normal call computes once and succeeds"
+    );
+}
+
+static PANICKY: Site = Site::new("coalescing::panicky", "panicky:<k>", SiteOptions::DEFAULT);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_3_panicking_leader_releases_its_followers() {
+    let rt = embedded().await;
+    let calls = Calls::default();
+    let call = |k: u32, calls: Calls, rt: Runtime| async move {
+        memoize::<Plain<u32>, _, _>(&PANICKY, &[&k], || async move {
+            if calls.hit() == 1 {
+                // Panic only once the 19 followers are parked on this flight.
+                while rt.stats().total.coalesced_waits < 19 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                panic!("body failed on purpose");
+            }
+            k * 10
+        })
+        .await
+    };
+    let tasks: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(rt.scope(call(1, calls.clone(), rt.clone()))))
+        .collect();
+    let (mut panicked, mut ok) = (0, 0);
+    for t in tasks {
+        match bounded("caller", t).await {
+            Ok(v) => {
+                assert_eq!(v, 10);
+                ok += 1;
+            }
+            Err(e) if e.is_panic() => panicked += 1,
+            Err(e) => panic!("unexpected join error {e}"),
+        }
+    }
+    assert_eq!(
+        (panicked, ok),
+        (1, 19),
+        "only the leader's caller sees the panic"
+    );
+    assert_eq!(calls.get(), 2, "one follower took over once");
+    assert_eq!(rt.stats().inflight, 0);
+    // The value from the takeover is cached; other keys are unaffected.
+    assert_eq!(rt.scope(call(1, calls.clone(), rt.clone())).await, 10);
+    assert_eq!(calls.get(), 2);
+    assert_eq!(rt.scope(call(2, calls.clone(), rt.clone())).await, 20);
+}
+
+static FAILING: Site = Site::new("coalescing::failing", "failing:<k>", SiteOptions::DEFAULT);
+
+#[derive(Debug, Clone, PartialEq)]
+struct DbError(String);
+
+async fn scenario_4(rt: Runtime, redis: Option<&RedisServer>) {
+    let calls = Calls::default();
+    let call = |calls: Calls, rt: Runtime| async move {
+        memoize::<Fallible<u32, DbError>, _, _>(&FAILING, &[&"k"], || async move {
+            let n = calls.hit();
+            while n == 1
+                && rt
+                    .stats()
+                    .site("coalescing::failing")
+                    .map_or(0, |c| c.coalesced_waits)
+                    < 99
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if n == 1 {
+                Err(DbError("db down".into()))
+            } else {
+                Ok(5)
+            }
+        })
+        .await
+    };
+    let tasks: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(rt.scope(call(calls.clone(), rt.clone()))))
+        .collect();
+    for t in tasks {
+        assert_eq!(
+            bounded("caller", t).await.expect("task"),
+            Err(DbError("db down".into()))
+        );
+    }
+    assert_eq!(
+        calls.get(),
+        1,
+        "all 100 callers got the error of a single run"
+    );
+    assert_eq!(rt.stats().inflight, 0);
+    if let Some(redis) = redis {
+        assert!(
+            redis.keys().is_empty(),
+            "errors are not written to L2: {:?}",
+            redis.keys()
+        );
+    }
+    assert_eq!(rt.scope(call(calls.clone(), rt.clone())).await, Ok(5));
+    assert_eq!(calls.get(), 2, "the next call runs the body again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_4_leader_error_is_shared_not_cached() {
+    scenario_4(embedded().await, None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_4_leader_error_is_shared_not_cached_with_redis() {
+    let redis = RedisServer::start();
+    scenario_4(with_redis(&redis).await, Some(&redis)).await;
+}
+
+/// An error type that is not `Clone`.
+#[derive(Debug)]
+struct Opaque;
+
+static OPAQUE: Site = Site::new("coalescing::opaque", "opaque", SiteOptions::DEFAULT);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncloneable_error_makes_followers_form_one_new_flight() {
+    let rt = embedded().await;
+    let calls = Calls::default();
+    let call = |calls: Calls, rt: Runtime| async move {
+        memoize::<FallibleUncloneable<u32, Opaque>, _, _>(&OPAQUE, &[], || async move {
+            let n = calls.hit();
+            while n == 1 && rt.stats().total.coalesced_waits < 49 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if n == 1 { Err(Opaque) } else { Ok(9) }
+        })
+        .await
+    };
+    let tasks: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(rt.scope(call(calls.clone(), rt.clone()))))
+        .collect();
+    let mut errs = 0;
+    for t in tasks {
+        match bounded("caller", t).await.expect("task") {
+            Ok(v) => assert_eq!(v, 9),
+            Err(Opaque) => errs += 1,
+        }
+    }
+    assert_eq!(errs, 1, "only the failing leader's caller sees its error");
+    assert_eq!(calls.get(), 2, "the 49 followers formed one new flight");
+    assert_eq!(rt.stats().inflight, 0);
+}
+
+static MAYBE: Site = Site::new("coalescing::maybe", "maybe:<k>", SiteOptions::DEFAULT);
+
+#[tokio::test]
+async fn none_is_not_cached_and_some_is() {
+    let rt = embedded().await;
+    let calls = Calls::default();
+    let call = |k: u32, calls: Calls| async move {
+        memoize::<Optional<u32>, _, _>(&MAYBE, &[&k], || async move {
+            calls.hit();
+            (k > 0).then_some(k)
+        })
+        .await
+    };
+    for _ in 0..3 {
+        assert_eq!(rt.scope(call(0, calls.clone())).await, None);
+    }
+    assert_eq!(calls.get(), 3, "None is recomputed every time");
+    for _ in 0..3 {
+        assert_eq!(rt.scope(call(4, calls.clone())).await, Some(4));
+    }
+    assert_eq!(calls.get(), 4, "Some is cached");
+    let s = rt.stats();
+    let site = s.site("coalescing::maybe").copied().unwrap_or_default();
+    assert_eq!((site.l1_hits, site.computations), (2, 4));
+}

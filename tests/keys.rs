@@ -1,0 +1,170 @@
+//! Key rendering (DESIGN §3, RELIABILITY scenario 9): injective and inert.
+
+use proptest::prelude::*;
+use tiered::{Runtime, Site, SiteOptions};
+
+static PAIR_COLON: Site = Site::new("keys::colon", "k:<a>:<b>", SiteOptions::DEFAULT);
+static PAIR_DASH: Site = Site::new("keys::dash", "<a>-<b>", SiteOptions::DEFAULT);
+static TRIPLE: Site = Site::new("keys::triple", "x<a>y<b>z<c>", SiteOptions::DEFAULT);
+
+fn rt() -> Runtime {
+    // Embedded runtimes are built synchronously enough for property tests.
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("tokio")
+        .block_on(Runtime::builder().namespace("ns").build())
+        .expect("runtime")
+}
+
+fn key(rt: &Runtime, site: &'static Site, parts: &[String]) -> String {
+    let args: Vec<&(dyn std::fmt::Display + Sync)> = parts.iter().map(|p| p as _).collect();
+    rt.key(site, &args).expect("arity").as_str().to_owned()
+}
+
+/// Strings made of the characters that matter: separators, escapes, glob and hash-tag
+/// characters, `%`, control characters, non-ASCII, and plain letters.
+fn tricky() -> impl Strategy<Value = String> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just(':'),
+            Just('-'),
+            Just('%'),
+            Just('*'),
+            Just('?'),
+            Just('['),
+            Just(']'),
+            Just('\\'),
+            Just('{'),
+            Just('}'),
+            Just('\n'),
+            Just('\0'),
+            Just('x'),
+            Just('y'),
+            Just('z'),
+            Just('é'),
+            Just('2'),
+            Just('A'),
+            Just(' '),
+            Just('\u{7f}'),
+            Just('\u{85}'),
+        ],
+        0..12,
+    )
+    .prop_map(|cs| cs.into_iter().collect())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+    #[test]
+    fn distinct_argument_tuples_never_render_the_same_key(
+        a in proptest::collection::vec(tricky(), 3),
+        b in proptest::collection::vec(tricky(), 3),
+    ) {
+        let rt = RT.with(Clone::clone);
+        for site in [&PAIR_COLON, &PAIR_DASH] {
+            let (ka, kb) = (key(&rt, site, &a[..2]), key(&rt, site, &b[..2]));
+            prop_assert_eq!(ka == kb, a[..2] == b[..2], "{:?} vs {:?} -> {} / {}", &a[..2], &b[..2], ka, kb);
+        }
+        let (ka, kb) = (key(&rt, &TRIPLE, &a), key(&rt, &TRIPLE, &b));
+        prop_assert_eq!(ka == kb, a == b);
+    }
+
+    #[test]
+    fn glob_brace_and_control_characters_never_appear_unescaped(
+        a in tricky(), b in tricky(),
+    ) {
+        let rt = RT.with(Clone::clone);
+        let k = key(&rt, &PAIR_COLON, &[a, b]);
+        // The template's literal text ("k:" and ":") and the namespace contain none of these.
+        prop_assert!(!k.chars().any(|c| "*?[]\\{}".contains(c) || c.is_control()), "{}", k);
+        let k = key(&rt, &PAIR_DASH, &["-".into(), "a-b".into()]);
+        prop_assert_eq!(k, "ns:%2D-a%2Db");
+    }
+}
+
+thread_local! {
+    static RT: Runtime = rt();
+}
+
+/// Every pair (and triple) of strings up to length 3 over an alphabet of separators, `%` and
+/// glob characters: no two distinct tuples share a key. Exhaustive, so it covers every
+/// interaction of these characters at these lengths (about 24 000 pairs and 60 000 triples,
+/// i.e. billions of tuple pairs compared through the map).
+#[test]
+fn scenario_9_exhaustive_small_tuples_are_injective() {
+    use std::collections::HashMap;
+    let rt = rt();
+    let alphabet = [':', '-', '%', 'x', '*', 'y', 'z'];
+    let mut words = vec![String::new()];
+    let mut frontier = vec![String::new()];
+    for _ in 0..3 {
+        frontier = frontier
+            .iter()
+            .flat_map(|w| alphabet.iter().map(move |c| format!("{w}{c}")))
+            .collect();
+        words.extend(frontier.iter().cloned());
+    }
+    let short: Vec<&String> = words.iter().filter(|w| w.len() <= 2).collect();
+    let mut checked = 0u64;
+    for site in [&PAIR_COLON, &PAIR_DASH] {
+        let mut seen: HashMap<String, (String, String)> = HashMap::new();
+        for a in &words {
+            for b in &words {
+                let k = key(&rt, site, &[a.clone(), b.clone()]);
+                if let Some(prev) = seen.insert(k.clone(), (a.clone(), b.clone())) {
+                    panic!("{prev:?} and {:?} both render {k}", (a, b));
+                }
+                checked += 1;
+            }
+        }
+    }
+    let mut seen = HashMap::new();
+    for a in &short {
+        for b in &short {
+            for c in &short {
+                let k = key(&rt, &TRIPLE, &[a.to_string(), b.to_string(), c.to_string()]);
+                assert!(
+                    seen.insert(k.clone(), (a, b, c)).is_none(),
+                    "collision on {k}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    println!("scenario 9: {checked} distinct tuples rendered to {checked} distinct keys");
+}
+
+#[test]
+fn scenario_9_known_collision_pairs_stay_apart() {
+    let rt = rt();
+    let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_ne!(
+        key(&rt, &PAIR_COLON, &s(&["a:b", "c"])),
+        key(&rt, &PAIR_COLON, &s(&["a", "b:c"]))
+    );
+    assert_ne!(
+        key(&rt, &PAIR_COLON, &s(&["", "x"])),
+        key(&rt, &PAIR_COLON, &s(&["x", ""]))
+    );
+    assert_ne!(
+        key(&rt, &PAIR_DASH, &s(&["a-", "b"])),
+        key(&rt, &PAIR_DASH, &s(&["a", "-b"]))
+    );
+    // 10 KB arguments give a bounded key that still differs in its last byte.
+    let long_a = s(&[&"v".repeat(10_000), "1"]);
+    let long_b = s(&[&"v".repeat(10_000), "2"]);
+    let (ka, kb) = (
+        key(&rt, &PAIR_COLON, &long_a),
+        key(&rt, &PAIR_COLON, &long_b),
+    );
+    assert_ne!(ka, kb);
+    assert!(ka.len() <= 1100, "digested key is {} bytes", ka.len());
+    println!("longest key produced: {} bytes", ka.len().max(kb.len()));
+}
+
+#[test]
+fn wrong_arity_is_an_error_not_a_panic() {
+    let rt = rt();
+    assert!(rt.key(&PAIR_COLON, &[&1]).is_err());
+}

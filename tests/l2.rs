@@ -1,0 +1,613 @@
+//! L2 behaviour against a real `redis-server` spawned per test.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use support::{Calls, RedisServer, bounded};
+use tiered::{Error, Plain, Runtime, Site, SiteOptions, Tiers, codec, memoize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+}
+
+async fn runtime(redis: &RedisServer, promote: u32) -> Runtime {
+    Runtime::builder()
+        .namespace("t")
+        .redis_url(redis.url())
+        .promotion_frequency(promote)
+        .build()
+        .await
+        .expect("runtime with redis")
+}
+
+const fn opts(promote: u32) -> SiteOptions {
+    SiteOptions {
+        ttl: SiteOptions::DEFAULT.ttl,
+        tiers: Tiers::Both,
+        promote,
+        version: 0,
+    }
+}
+
+static USER: Site = Site::new("l2::user", "user:<id>", opts(0));
+
+async fn get_user(id: u64, calls: &Calls) -> User {
+    let calls = calls.clone();
+    memoize::<Plain<User>, _, _>(&USER, &[&id], || async move {
+        calls.hit();
+        User {
+            id,
+            name: format!("user-{id}"),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn l1_hit_does_not_touch_redis() {
+    let redis = RedisServer::start();
+    let rt = runtime(&redis, 10).await;
+    let calls = Calls::default();
+    rt.scope(get_user(1, &calls)).await;
+    redis.reset_stats();
+    for _ in 0..100 {
+        assert_eq!(rt.scope(get_user(1, &calls)).await.name, "user-1");
+    }
+    assert_eq!(calls.get(), 1);
+    let (get, pttl, set) = (redis.calls("get"), redis.calls("pttl"), redis.calls("set"));
+    println!("100 L1 hits sent get={get} pttl={pttl} set={set} to Redis");
+    assert_eq!((get, pttl, set), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn miss_is_two_round_trips_and_l2_hit_is_one() {
+    let redis = RedisServer::start();
+    let a = runtime(&redis, 10).await;
+    let b = runtime(&redis, 10).await;
+    let calls = Calls::default();
+    redis.reset_stats();
+    a.scope(get_user(2, &calls)).await;
+    let miss = (redis.calls("get"), redis.calls("pttl"), redis.calls("set"));
+    assert_eq!(miss, (1, 1, 1), "a miss: one pipelined GET+PTTL, one SET");
+    redis.reset_stats();
+    assert_eq!(
+        b.scope(get_user(2, &calls)).await,
+        User {
+            id: 2,
+            name: "user-2".into()
+        }
+    );
+    let hit = (redis.calls("get"), redis.calls("pttl"), redis.calls("set"));
+    assert_eq!(
+        hit,
+        (1, 1, 0),
+        "an L2 hit: one pipelined GET+PTTL and nothing else"
+    );
+    assert_eq!(calls.get(), 1, "B got A's value without running the body");
+    assert_eq!(b.stats().total.l2_hits, 1);
+    assert_eq!(b.stats().total.computations, 0);
+    println!("miss: get/pttl/set = {miss:?} (2 round trips); L2 hit: {hit:?} (1 round trip)");
+}
+
+static ALWAYS: Site = Site::new("l2::always", "always:<id>", opts(1));
+
+#[tokio::test]
+async fn promotion_with_n_1_always_promotes() {
+    let redis = RedisServer::start();
+    let a = runtime(&redis, 10).await;
+    let b = runtime(&redis, 10).await;
+    let call =
+        |id: u64| memoize::<Plain<u64>, _, _>(&ALWAYS, &[&id], move || async move { id * 3 });
+    for id in 0..50 {
+        a.scope(async { call(id).await }).await;
+    }
+    for id in 0..50 {
+        assert_eq!(b.scope(async { call(id).await }).await, id * 3);
+    }
+    redis.reset_stats();
+    for id in 0..50 {
+        assert_eq!(b.scope(async { call(id).await }).await, id * 3);
+    }
+    let s = b.stats().total;
+    assert_eq!((s.l2_hits, s.promotions, s.l1_hits), (50, 50, 50));
+    assert_eq!(redis.calls("get"), 0, "promoted entries are served from L1");
+}
+
+static TENTH: Site = Site::new("l2::tenth", "tenth:<id>", opts(10));
+
+#[tokio::test]
+async fn promotion_with_n_10_promotes_about_one_in_ten() {
+    let redis = RedisServer::start();
+    // Seed 10 000 entries directly (valid envelopes), then read each once from a fresh runtime.
+    let fp = codec::fingerprint(std::any::type_name::<u64>(), 0);
+    let mut conn = redis.conn();
+    let mut pipe = redis::pipe();
+    for id in 0..10_000u64 {
+        let bytes = codec::encode(&fp, &id).expect("encode");
+        pipe.cmd("SET")
+            .arg(format!("t:tenth:{id}"))
+            .arg(bytes)
+            .arg("PX")
+            .arg(600_000)
+            .ignore();
+    }
+    pipe.query::<()>(&mut conn).expect("seed");
+    let b = runtime(&redis, 1).await; // the site's promote = 10 overrides the runtime's 1
+    b.scope(async {
+        for id in 0..10_000u64 {
+            let v = memoize::<Plain<u64>, _, _>(&TENTH, &[&id], || async { u64::MAX }).await;
+            assert_eq!(v, id);
+        }
+    })
+    .await;
+    let s = b.stats().total;
+    println!(
+        "promote = 10: {} promotions over {} L2 hits (expected ~1000, sd ~30)",
+        s.promotions, s.l2_hits
+    );
+    assert_eq!((s.l2_hits, s.computations), (10_000, 0));
+    assert!(
+        (700..=1300).contains(&s.promotions),
+        "{} promotions",
+        s.promotions
+    );
+}
+
+static LONG_TTL: Site = Site::new(
+    "l2::long_ttl",
+    "long:<id>",
+    SiteOptions {
+        ttl: Duration::from_secs(3600),
+        tiers: Tiers::Both,
+        promote: 1,
+        version: 0,
+    },
+);
+
+#[tokio::test]
+async fn promoted_ttl_never_outlives_the_remaining_l2_ttl() {
+    let redis = RedisServer::start();
+    let fp = codec::fingerprint(std::any::type_name::<u64>(), 0);
+    let bytes = codec::encode(&fp, &41u64).expect("encode");
+    redis::cmd("SET")
+        .arg("t:long:1")
+        .arg(bytes)
+        .arg("PX")
+        .arg(400)
+        .query::<()>(&mut redis.conn())
+        .expect("seed");
+    let rt = runtime(&redis, 10).await;
+    let calls = Calls::default();
+    let call = |calls: Calls| async move {
+        memoize::<Plain<u64>, _, _>(&LONG_TTL, &[&1u64], || async move {
+            calls.hit();
+            42
+        })
+        .await
+    };
+    assert_eq!(
+        rt.scope(call(calls.clone())).await,
+        41,
+        "L2 hit, promoted (promote = 1)"
+    );
+    assert_eq!(rt.scope(call(calls.clone())).await, 41, "L1 hit");
+    assert_eq!(rt.stats().total.promotions, 1);
+    // Wait for Redis to expire the key, then a little longer for clocks to agree.
+    bounded("key to expire in Redis", async {
+        while redis.pttl("t:long:1") != -2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(
+        rt.scope(call(calls.clone())).await,
+        42,
+        "the L1 copy expired with the L2 entry, not after the site's 1 h TTL"
+    );
+    assert_eq!(calls.get(), 1);
+}
+
+#[tokio::test]
+async fn two_runtimes_share_values_through_redis() {
+    let redis = RedisServer::start();
+    let a = runtime(&redis, 10).await;
+    let b = runtime(&redis, 10).await;
+    let (ca, cb) = (Calls::default(), Calls::default());
+    assert_eq!(a.scope(get_user(9, &ca)).await.id, 9);
+    assert_eq!(b.scope(get_user(9, &cb)).await.id, 9);
+    assert_eq!(
+        (ca.get(), cb.get()),
+        (1, 0),
+        "B got an L2 hit without running the body"
+    );
+    assert_eq!(redis.keys(), vec!["t:user:9".to_owned()]);
+}
+
+static PERSON: Site = Site::new("l2::person", "person:<id>", SiteOptions::DEFAULT);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Person {
+    first: String,
+    last: String,
+    age: u32,
+}
+
+fn fresh() -> Person {
+    Person {
+        first: "Grace".into(),
+        last: "Hopper".into(),
+        age: 85,
+    }
+}
+
+async fn get_person(id: u32, calls: &Calls) -> Person {
+    let calls = calls.clone();
+    memoize::<Plain<Person>, _, _>(&PERSON, &[&id], || async move {
+        calls.hit();
+        fresh()
+    })
+    .await
+}
+
+fn person_fp() -> [u8; 16] {
+    codec::fingerprint(std::any::type_name::<Person>(), 0)
+}
+
+/// Writes `bytes` under the key, calls once, and checks: recomputed, counted, overwritten.
+async fn assert_garbage_is_a_miss(
+    redis: &RedisServer,
+    rt: &Runtime,
+    id: u32,
+    bytes: &[u8],
+    what: &str,
+) {
+    let key = format!("t:person:{id}");
+    redis.set(&key, bytes);
+    let calls = Calls::default();
+    let before = rt.stats().total.decode_failures;
+    let v = bounded(what, rt.scope(get_person(id, &calls))).await;
+    assert_eq!(v, fresh(), "{what}: wrong value");
+    assert_eq!(calls.get(), 1, "{what}: must recompute");
+    assert_eq!(
+        rt.stats().total.decode_failures,
+        before + 1,
+        "{what}: counted"
+    );
+    let stored = redis.get(&key).expect("overwritten");
+    assert_eq!(
+        codec::decode::<Person>(&person_fp(), &stored, 1 << 20),
+        Ok(fresh()),
+        "{what}: overwritten with a valid value"
+    );
+}
+
+#[tokio::test]
+async fn scenario_13_corrupt_truncated_and_hostile_bytes_are_misses() {
+    let redis = RedisServer::start();
+    let rt = Runtime::builder()
+        .namespace("t")
+        .redis_url(redis.url())
+        .promotion_frequency(1)
+        .max_value_bytes(64 * 1024)
+        .build()
+        .await
+        .expect("runtime");
+    let good = codec::encode(&person_fp(), &fresh()).expect("encode");
+    let header = &good[..codec::HEADER_LEN];
+    let random: Vec<u8> = (0..300u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let mut trailing = good.clone();
+    trailing.extend_from_slice(b"junk");
+    let mut huge_array = header.to_vec();
+    huge_array.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]);
+    let mut deep = header.to_vec();
+    deep.extend(std::iter::repeat_n(0x91u8, 200_000));
+    let mut oversized = header.to_vec();
+    oversized.extend(std::iter::repeat_n(0u8, 100 * 1024));
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("random bytes", random),
+        ("truncated value", good[..good.len() - 5].to_vec()),
+        ("valid value followed by junk", trailing),
+        ("array32 claiming u32::MAX elements", huge_array),
+        ("200 000 nested arrays", deep),
+        ("value over max_value_bytes", oversized),
+        ("empty value", Vec::new()),
+    ];
+    for (i, (what, bytes)) in cases.iter().enumerate() {
+        let t = Instant::now();
+        assert_garbage_is_a_miss(&redis, &rt, i as u32, bytes, what).await;
+        println!(
+            "scenario 13: {what:<40} -> miss, recomputed, overwritten ({:?})",
+            t.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn scenario_12_type_changes_never_decode_into_wrong_values() {
+    #[derive(Serialize)]
+    struct V1Swapped {
+        last: String,
+        first: String,
+        age: u32,
+    }
+    #[derive(Serialize)]
+    struct V1Fewer {
+        first: String,
+        last: String,
+    }
+    #[derive(Serialize)]
+    struct V1Wider {
+        first: String,
+        last: String,
+        age: i64,
+        extra: bool,
+    }
+    let redis = RedisServer::start();
+    let rt = runtime(&redis, 1).await;
+    // The same type name (fingerprint) with an older shape, as after a deploy that forgot to
+    // bump `version`: named encoding decodes by field name or not at all.
+    let fp = person_fp();
+    let swapped = V1Swapped {
+        last: "Hopper".into(),
+        first: "Grace".into(),
+        age: 85,
+    };
+    let calls = Calls::default();
+    redis.set(
+        "t:person:100",
+        &codec::encode(&fp, &swapped).expect("encode"),
+    );
+    assert_eq!(
+        rt.scope(get_person(100, &calls)).await,
+        fresh(),
+        "(a) swapped order decodes by name"
+    );
+    let fewer = V1Fewer {
+        first: "Grace".into(),
+        last: "Hopper".into(),
+    };
+    redis.set("t:person:101", &codec::encode(&fp, &fewer).expect("encode"));
+    assert_eq!(
+        rt.scope(get_person(101, &calls)).await,
+        fresh(),
+        "(b) a field added since: miss and recompute"
+    );
+    let wider = V1Wider {
+        first: "Grace".into(),
+        last: "Hopper".into(),
+        age: 85,
+        extra: true,
+    };
+    redis.set("t:person:102", &codec::encode(&fp, &wider).expect("encode"));
+    assert_eq!(
+        rt.scope(get_person(102, &calls)).await,
+        fresh(),
+        "(c)/(d) removed field and u32 vs i64 decode by name to the same values"
+    );
+    assert_eq!(calls.get(), 1, "only (b) had to recompute");
+    // A bumped `version` (or another type) changes the fingerprint: old entries are misses.
+    let old = codec::encode(
+        &codec::fingerprint(std::any::type_name::<Person>(), 7),
+        &fresh(),
+    )
+    .expect("encode");
+    redis.set("t:person:103", &old);
+    assert_eq!(rt.scope(get_person(103, &calls)).await, fresh());
+    assert_eq!(calls.get(), 2, "foreign fingerprint: miss and recompute");
+    assert_eq!(rt.stats().total.decode_failures, 2);
+}
+
+static BIG: Site = Site::new("l2::big", "big:<id>", SiteOptions::DEFAULT);
+
+#[tokio::test]
+async fn scenario_14_oversized_results_are_not_written_to_l2() {
+    let redis = RedisServer::start();
+    let rt = Runtime::builder()
+        .namespace("t")
+        .redis_url(redis.url())
+        .max_value_bytes(1024 * 1024)
+        .build()
+        .await
+        .expect("runtime");
+    let calls = Calls::default();
+    let call = |calls: Calls| async move {
+        memoize::<Plain<Vec<u8>>, _, _>(&BIG, &[&1], || async move {
+            calls.hit();
+            vec![7u8; 10 * 1024 * 1024]
+        })
+        .await
+    };
+    redis.set("t:big:1", b"an older value that must not linger");
+    assert_eq!(rt.scope(call(calls.clone())).await.len(), 10 * 1024 * 1024);
+    assert_eq!(
+        redis.get("t:big:1"),
+        None,
+        "nothing over max_value_bytes in Redis"
+    );
+    let s = rt.stats().total;
+    assert_eq!((s.oversize_skips, s.l2_writes), (1, 0));
+    assert_eq!(rt.scope(call(calls.clone())).await.len(), 10 * 1024 * 1024);
+    assert_eq!(calls.get(), 1, "L1 still holds it");
+}
+
+/// An id the outage loop never computes.
+const FRESH: u64 = 1 << 40;
+
+static OUTAGE: Site = Site::new("l2::outage", "outage:<id>", SiteOptions::DEFAULT);
+
+async fn outage_call(id: u64, calls: &Calls) -> u64 {
+    let calls = calls.clone();
+    memoize::<Plain<u64>, _, _>(&OUTAGE, &[&id], || async move {
+        calls.hit();
+        id + 1000
+    })
+    .await
+}
+
+/// Scenario 18/19 basics: Redis killed mid-test, calls keep returning values within a coarse
+/// ceiling, and L2 hits resume after the restart without restarting the runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_19_redis_killed_and_restarted_under_calls() {
+    let mut redis = RedisServer::start();
+    let a = runtime(&redis, 10).await;
+    let b = runtime(&redis, 1).await;
+    let calls = Calls::default();
+    for id in 0..50 {
+        a.scope(outage_call(id, &calls)).await;
+    }
+    redis.kill();
+    let (mut worst, mut n) = (Duration::ZERO, 0u32);
+    let outage_started = Instant::now();
+    let mut latencies = Vec::new();
+    while outage_started.elapsed() < Duration::from_secs(2) {
+        for rt in [&a, &b] {
+            let t = Instant::now();
+            let id = 1000 + u64::from(n);
+            assert_eq!(
+                bounded("call during outage", rt.scope(outage_call(id, &calls))).await,
+                id + 1000
+            );
+            // Warm keys are still served from A's L1.
+            assert_eq!(
+                a.scope(outage_call(u64::from(n % 50), &calls)).await,
+                u64::from(n % 50) + 1000
+            );
+            let d = t.elapsed();
+            latencies.push(d);
+            worst = worst.max(d);
+            n += 1;
+        }
+    }
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    println!("during the outage: {n} calls, p50 {p50:?}, max {worst:?} (ceiling 1 s)");
+    assert!(
+        worst < Duration::from_secs(1),
+        "a call stalled for {worst:?} while Redis was down"
+    );
+
+    redis.restart();
+    let restarted = Instant::now();
+    bounded("runtimes to reconnect by themselves", async {
+        while !(a.stats().l2_connected && b.stats().l2_connected) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let reconnected = restarted.elapsed();
+    // A writes a fresh key; B, built before the outage, reads it from L2.
+    let before = calls.get();
+    a.scope(outage_call(FRESH, &calls)).await;
+    let mut first_hit = None;
+    bounded("first L2 hit after the restart", async {
+        while first_hit.is_none() {
+            let hits = b.stats().total.l2_hits;
+            b.scope(outage_call(FRESH, &calls)).await;
+            if b.stats().total.l2_hits > hits {
+                first_hit = Some(restarted.elapsed());
+            } else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    })
+    .await;
+    println!(
+        "after restart: both runtimes reconnected in {reconnected:?}; first L2 hit {first_hit:?}"
+    );
+    assert_eq!(
+        calls.get(),
+        before + 1,
+        "B's read was an L2 hit, not a computation"
+    );
+    assert_eq!(redis.keys(), vec![format!("t:outage:{FRESH}")]);
+}
+
+/// Scenario 18: nothing listens at `build()`; calls compute; Redis appears; L2 comes back on
+/// its own, without caller traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_18_unreachable_at_startup_then_redis_appears() {
+    let port = RedisServer::reserve_port();
+    let rt = Runtime::builder()
+        .namespace("t")
+        .redis_url(format!("redis://127.0.0.1:{port}/"))
+        .build()
+        .await
+        .expect("unreachable Redis is not a build error");
+    assert!(!rt.stats().l2_connected);
+    let calls = Calls::default();
+    let t = Instant::now();
+    assert_eq!(rt.scope(outage_call(1, &calls)).await, 1001);
+    println!("degraded call took {:?}", t.elapsed());
+    let s = rt.stats().total;
+    assert_eq!((s.computations, s.l2_skips >= 1), (1, true));
+    let redis = RedisServer::start_on(port, &[]);
+    let up = Instant::now();
+    bounded("runtime to connect by itself", async {
+        while !rt.stats().l2_connected {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    println!(
+        "scenario 18: connected {:?} after Redis appeared",
+        up.elapsed()
+    );
+    assert_eq!(rt.scope(outage_call(2, &calls)).await, 1002);
+    assert_eq!(
+        redis.keys(),
+        vec!["t:outage:2".to_owned()],
+        "L2 writes resumed"
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_is_a_build_error_and_the_right_one_works() {
+    let redis = RedisServer::start_with(&["--requirepass", "right-pw"]);
+    let bad = format!("redis://:S3cr3t-canary@127.0.0.1:{}/", redis.port());
+    match Runtime::builder().redis_url(bad).build().await {
+        Err(Error::Auth { addr, detail }) => {
+            assert_eq!(addr, format!("127.0.0.1:{}", redis.port()));
+            assert!(!detail.contains("S3cr3t-canary"));
+        }
+        other => panic!("expected Error::Auth, got {other:?}"),
+    }
+    let rt = Runtime::builder()
+        .redis_url(redis.url())
+        .build()
+        .await
+        .expect("right password");
+    assert!(rt.stats().l2_connected);
+}
+
+#[tokio::test]
+async fn invalidate_evicts_l1_and_deletes_in_redis() {
+    let redis = RedisServer::start();
+    let rt = runtime(&redis, 10).await;
+    let calls = Calls::default();
+    rt.scope(get_user(3, &calls)).await;
+    assert_eq!(redis.keys(), vec!["t:user:3".to_owned()]);
+    rt.invalidate(&USER, &[&3u64]).await.expect("invalidate");
+    assert!(redis.keys().is_empty());
+    rt.scope(get_user(3, &calls)).await;
+    assert_eq!(calls.get(), 2, "the next call computes again");
+}
+
+#[tokio::test]
+async fn invalidate_reports_an_unreachable_redis_but_still_evicts_locally() {
+    let mut redis = RedisServer::start();
+    let rt = runtime(&redis, 10).await;
+    let calls = Calls::default();
+    rt.scope(get_user(4, &calls)).await;
+    redis.kill();
+    let r = rt.invalidate(&USER, &[&4u64]).await;
+    assert!(r.is_err(), "remote part failed and is reported: {r:?}");
+    rt.scope(get_user(4, &calls)).await;
+    assert_eq!(calls.get(), 2, "the local eviction happened anyway");
+}

@@ -1,0 +1,276 @@
+//! Test support: a real `redis-server` per test, and helpers to read what it holds.
+//!
+//! Every test that claims L2 behaviour spawns its own server on a free 127.0.0.1 port with
+//! `--save "" --appendonly no`; it is killed (SIGKILL) when the value is dropped. Nothing here
+//! ever talks to a server the test did not start.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Every await in a test is bounded by this, so a bug is a failure, not a hang.
+pub const BOUND: Duration = Duration::from_secs(10);
+
+/// Awaits `fut` or fails the test after [`BOUND`].
+pub async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(BOUND, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("`{what}` did not finish within {BOUND:?}: hung"),
+    }
+}
+
+const INSTALL_HINT: &str = "redis-server was not found on PATH. These tests need a real Redis 7: \
+install it with `sudo apt-get install -y redis-server` (Debian/Ubuntu), or run the README's \
+test command, which installs it when missing.";
+
+/// A `redis-server` process owned by the test.
+pub struct RedisServer {
+    port: u16,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port.
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts a server on a free port with extra `redis-server` arguments
+    /// (for example `["--requirepass", "pw"]`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut last_err = String::new();
+        // A freed port can be taken by someone else before the server binds it: retry.
+        for _ in 0..5 {
+            let port = free_port();
+            let mut s = RedisServer {
+                port,
+                extra: extra.clone(),
+                child: None,
+            };
+            match s.spawn() {
+                Ok(()) => return s,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("could not start redis-server: {last_err}");
+    }
+
+    /// A port on which nothing listens (for "Redis unreachable" tests); `start_on` later binds it.
+    pub fn reserve_port() -> u16 {
+        free_port()
+    }
+
+    /// Starts a server on a given port (for "Redis appears later" tests).
+    pub fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+        let mut s = RedisServer {
+            port,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        if let Err(e) = s.spawn() {
+            panic!("could not start redis-server on port {port}: {e}");
+        }
+        s
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let port = self.port.to_string();
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--dir", &std::env::temp_dir().to_string_lossy()])
+        .args(&self.extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
+            Err(e) => return Err(format!("spawn failed: {e}")),
+        };
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Err(format!(
+                    "redis-server exited at start ({status}); port {port} taken?"
+                ));
+            }
+            if raw_ping(self.port, self.password()) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+        Err("redis-server did not answer PING within 10 s".into())
+    }
+
+    fn password(&self) -> Option<&str> {
+        let i = self.extra.iter().position(|a| a == "--requirepass")?;
+        self.extra.get(i + 1).map(String::as_str)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        match self.password() {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
+    }
+
+    /// SIGKILLs the server (idempotent).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        if let Err(e) = self.spawn() {
+            panic!("could not restart redis-server on port {}: {e}", self.port);
+        }
+    }
+
+    /// A plain synchronous connection for inspecting and seeding the server.
+    pub fn conn(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).expect("test redis url");
+        client.get_connection().expect("connect to the test redis")
+    }
+
+    /// Runs one command and returns its reply.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&[u8]]) -> T {
+        let mut c = redis::cmd(std::str::from_utf8(args[0]).expect("command name"));
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query(&mut self.conn()).expect("redis command")
+    }
+
+    /// Raw bytes under `key`.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        self.cmd(&[b"GET", key.as_bytes()])
+    }
+
+    /// Writes raw bytes under `key` (no expiry).
+    pub fn set(&self, key: &str, value: &[u8]) {
+        self.cmd::<()>(&[b"SET", key.as_bytes(), value]);
+    }
+
+    /// Remaining TTL of `key` in ms (`-2` missing, `-1` no expiry).
+    pub fn pttl(&self, key: &str) -> i64 {
+        self.cmd(&[b"PTTL", key.as_bytes()])
+    }
+
+    /// Every key (test servers are small).
+    pub fn keys(&self) -> Vec<String> {
+        let mut k: Vec<String> = self.cmd(&[b"KEYS", b"*"]);
+        k.sort();
+        k
+    }
+
+    /// Resets `INFO commandstats`.
+    pub fn reset_stats(&self) {
+        self.cmd::<()>(&[b"CONFIG", b"RESETSTAT"]);
+    }
+
+    /// How many times `command` (lower case, e.g. `get`) ran since the last reset, from
+    /// `INFO commandstats`.
+    pub fn calls(&self, command: &str) -> u64 {
+        let info: String = self.cmd(&[b"INFO", b"commandstats"]);
+        let prefix = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    // Below 55535 so that a cluster bus port (+10000) still fits.
+    for _ in 0..100 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().expect("local addr").port();
+        if port < 55535 {
+            return port;
+        }
+    }
+    panic!("no free port below 55535");
+}
+
+/// PING over a raw socket (no client library), used while waiting for startup.
+fn raw_ping(port: u16, password: Option<&str>) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if let Some(pw) = password {
+        let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{pw}\r\n", pw.len());
+        if s.write_all(auth.as_bytes()).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 64];
+        if s.read(&mut buf).is_err() {
+            return false;
+        }
+    }
+    if s.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+/// Counts body runs.
+#[derive(Clone, Default)]
+pub struct Calls(Arc<AtomicUsize>);
+
+impl Calls {
+    /// Records one run and returns the new count.
+    pub fn hit(&self) -> usize {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+    /// Runs so far.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Captures nothing but makes `RUST_LOG=debug cargo test` show the runtime's logs.
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
