@@ -611,3 +611,123 @@ async fn invalidate_reports_an_unreachable_redis_but_still_evicts_locally() {
     rt.scope(get_user(4, &calls)).await;
     assert_eq!(calls.get(), 2, "the local eviction happened anyway");
 }
+
+#[tokio::test]
+async fn acl_refusals_are_build_errors() {
+    let redis = RedisServer::start();
+    // May use other keys only; may use our keys but not GET; may do everything on ours.
+    redis.cmd::<()>(&[
+        b"ACL",
+        b"SETUSER",
+        b"elsewhere",
+        b"on",
+        b">pw1",
+        b"~other:*",
+        b"+@all",
+    ]);
+    redis.cmd::<()>(&[
+        b"ACL", b"SETUSER", b"noget", b"on", b">pw2", b"~t:*", b"+@all", b"-get",
+    ]);
+    redis.cmd::<()>(&[
+        b"ACL", b"SETUSER", b"scoped", b"on", b">pw3", b"~t:*", b"+@all",
+    ]);
+    for (user, pw) in [("elsewhere", "pw1"), ("noget", "pw2")] {
+        let url = format!("redis://{user}:{pw}@127.0.0.1:{}/", redis.port());
+        match Runtime::builder()
+            .namespace("t")
+            .redis_url(url)
+            .build()
+            .await
+        {
+            Err(Error::Auth { detail, .. }) => println!("{user}: refused at build: {detail}"),
+            other => panic!("{user}: expected Error::Auth, got {other:?}"),
+        }
+    }
+    let url = format!("redis://scoped:pw3@127.0.0.1:{}/", redis.port());
+    let rt = Runtime::builder()
+        .namespace("t")
+        .redis_url(url)
+        .build()
+        .await
+        .expect("scoped user");
+    let calls = Calls::default();
+    rt.scope(get_user(5, &calls)).await;
+    assert_eq!(
+        redis.keys(),
+        vec!["t:user:5".to_owned()],
+        "the probe key is gone, the value is there"
+    );
+}
+
+/// A frozen (SIGSTOP) server keeps TCP up and answers nothing: every L2 operation is cut at
+/// `l2_timeout`, the breaker opens and calls stop waiting on Redis at all; after SIGCONT the
+/// breaker closes by itself and L2 hits resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_redis_is_time_boxed_and_the_breaker_opens_then_closes() {
+    let redis = RedisServer::start();
+    let build = || {
+        Runtime::builder()
+            .namespace("t")
+            .redis_url(redis.url())
+            .l2_timeout(Duration::from_millis(100))
+            .breaker_cooldown(Duration::from_millis(200))
+            .promotion_frequency(u32::MAX)
+            .build()
+    };
+    let (a, b) = (build().await.expect("a"), build().await.expect("b"));
+    let calls = Calls::default();
+    redis.freeze();
+    let mut latencies = Vec::new();
+    for id in 0..20 {
+        let t = Instant::now();
+        assert_eq!(
+            bounded("call while frozen", a.scope(outage_call(id, &calls))).await,
+            id + 1000
+        );
+        latencies.push(t.elapsed());
+    }
+    let worst = latencies.iter().max().copied().unwrap_or_default();
+    let s = a.stats().total;
+    println!(
+        "frozen: first call {:?}, last call {:?}, max {worst:?}; timeouts {}, skips {}, breaker transitions {}",
+        latencies[0], latencies[19], s.l2_timeouts, s.l2_skips, s.breaker_transitions
+    );
+    assert!(
+        worst < Duration::from_secs(1),
+        "a call stalled for {worst:?}"
+    );
+    assert_eq!(calls.get(), 20);
+    assert!(
+        s.breaker_transitions >= 1 && s.l2_skips > 0,
+        "the breaker opened: {s:?}"
+    );
+    redis.thaw();
+    let thawed = Instant::now();
+    let before = calls.get();
+    bounded("L2 to serve again", async {
+        loop {
+            a.scope(outage_call(FRESH + 1, &calls)).await; // computed once, then L1
+            if redis.get(&format!("t:outage:{}", FRESH + 1)).is_some() {
+                break;
+            }
+            a.flush_l1();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let hits = b.stats().total.l2_hits;
+    assert_eq!(
+        b.scope(outage_call(FRESH + 1, &calls)).await,
+        FRESH + 1 + 1000
+    );
+    assert_eq!(
+        b.stats().total.l2_hits,
+        hits + 1,
+        "B reads A's value from L2 again"
+    );
+    println!(
+        "after SIGCONT: L2 writes and hits resumed within {:?} ({} recomputations meanwhile)",
+        thawed.elapsed(),
+        calls.get() - before
+    );
+}

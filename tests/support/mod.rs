@@ -80,7 +80,7 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<(), String> {
         let port = self.port.to_string();
-        let mut cmd = Command::new("redis-server");
+        let mut cmd = Command::new(server_binary());
         cmd.args([
             "--port",
             &port,
@@ -145,6 +145,29 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freezes the server (SIGSTOP): TCP stays up, nothing is answered.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .map(|c| c.id().to_string())
+            .expect("server running");
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .map(|s| s.success());
+        assert!(matches!(ok, Ok(true)), "kill {sig} {pid} failed");
     }
 
     /// Starts the server again on the same port, empty.
@@ -214,6 +237,16 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `redis-server`, or the binary named by `TIERED_REDIS_SERVER`.
+fn server_binary() -> String {
+    std::env::var("TIERED_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+/// The message a test fails with when the server binary cannot be found.
+pub fn install_hint() -> &'static str {
+    INSTALL_HINT
 }
 
 fn free_port() -> u16 {

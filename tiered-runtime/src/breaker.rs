@@ -10,8 +10,10 @@
 //! Only connectivity failures count (timeouts, I/O errors, refused credentials): a server reply
 //! such as `OOM` for one large `SET` says nothing about the link and must not stop `DEL`s.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::stats::{Counters, SiteTable};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -35,19 +37,31 @@ pub(crate) struct Breaker {
     threshold: u32,
     cooldown: Duration,
     addr: String,
+    stats: Arc<SiteTable>,
 }
 
-/// Transition observed by an update, for counting.
+/// Whether an update changed the breaker's state (each change bumps `breaker_transitions`).
 pub(crate) type Transitioned = bool;
 
 impl Breaker {
-    pub(crate) fn new(threshold: u32, cooldown: Duration, addr: String) -> Self {
+    pub(crate) fn new(
+        threshold: u32,
+        cooldown: Duration,
+        addr: String,
+        stats: Arc<SiteTable>,
+    ) -> Self {
         Breaker {
             state: Mutex::new(State::Closed { failures: 0 }),
             threshold,
             cooldown,
             addr,
+            stats,
         }
+    }
+
+    fn moved(&self) -> Transitioned {
+        Counters::bump(&self.stats.runtime().breaker_transitions);
+        true
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -67,7 +81,7 @@ impl Breaker {
                         breaker: self,
                         done: false,
                     }),
-                    true,
+                    self.moved(),
                 )
             }
         }
@@ -90,7 +104,7 @@ impl Breaker {
             State::Open { .. } | State::HalfOpen => {
                 *s = State::Closed { failures: 0 };
                 tracing::info!(redis = %self.addr, "tiered: L2 circuit breaker closed, Redis is answering again");
-                true
+                self.moved()
             }
         }
     }
@@ -109,7 +123,7 @@ impl Breaker {
                     cooldown_ms = self.cooldown.as_millis() as u64,
                     "tiered: L2 circuit breaker opened; serving from L1 and computing until Redis answers"
                 );
-                true
+                self.moved()
             }
             State::Closed { failures } => {
                 *s = State::Closed {
@@ -141,7 +155,7 @@ impl Breaker {
             };
             tracing::debug!(redis = %self.addr, "tiered: L2 probe failed; breaker stays open");
         }
-        true
+        self.moved()
     }
 }
 
@@ -167,6 +181,7 @@ impl Drop for ProbePermit<'_> {
                 *s = State::Open {
                     until: Instant::now(),
                 };
+                self.breaker.moved();
             }
         }
     }
@@ -175,6 +190,19 @@ impl Drop for ProbePermit<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn breaker(threshold: u32, cooldown: Duration) -> Breaker {
+        Breaker::new(
+            threshold,
+            cooldown,
+            "x:1".into(),
+            Arc::new(SiteTable::new()),
+        )
+    }
+
+    fn transitions(b: &Breaker) -> u64 {
+        b.stats.snapshot().0.breaker_transitions
+    }
 
     fn admitted(b: &Breaker) -> &'static str {
         match b.admit().0 {
@@ -189,7 +217,7 @@ mod tests {
 
     #[test]
     fn opens_after_threshold_and_probes_after_cooldown() {
-        let b = Breaker::new(3, Duration::from_millis(20), "x:1".into());
+        let b = breaker(3, Duration::from_millis(20));
         assert!(!b.failure());
         assert!(!b.failure());
         assert_eq!(admitted(&b), "pass");
@@ -203,11 +231,12 @@ mod tests {
         assert_eq!(admitted(&b), "reject", "only one probe at a time");
         assert!(permit.report(true));
         assert_eq!(admitted(&b), "pass");
+        assert_eq!(transitions(&b), 3, "closed -> open -> half-open -> closed");
     }
 
     #[test]
     fn a_dropped_probe_lets_the_next_caller_probe() {
-        let b = Breaker::new(1, Duration::from_millis(1), "x:1".into());
+        let b = breaker(1, Duration::from_millis(1));
         b.failure();
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(admitted(&b), "probe"); // dropped without report
@@ -216,7 +245,7 @@ mod tests {
 
     #[test]
     fn success_resets_the_failure_count() {
-        let b = Breaker::new(2, Duration::from_secs(60), "x:1".into());
+        let b = breaker(2, Duration::from_secs(60));
         b.failure();
         b.success();
         b.failure();

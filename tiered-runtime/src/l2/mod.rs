@@ -98,6 +98,7 @@ impl L2 {
             config.breaker_threshold,
             config.breaker_cooldown,
             target.addr.clone(),
+            stats.clone(),
         ));
         let single = Single::start(target, config, breaker.clone(), stats).await?;
         Ok(L2 {

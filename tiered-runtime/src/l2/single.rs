@@ -54,7 +54,9 @@ impl Single {
     ) -> Result<Arc<Single>, Error> {
         let conn_config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
-            .set_response_timeout(Some(config.l2_timeout));
+            // Our own time box (`l2_timeout`) is authoritative and counted as a timeout; this is
+            // only a backstop that frees pipeline slots of requests we stopped waiting for.
+            .set_response_timeout(Some(config.l2_timeout * 2));
         let single = Arc::new(Single {
             client: target.client.clone(),
             addr: target.addr.clone(),
@@ -68,7 +70,10 @@ impl Single {
             stats,
         });
         match single.connect().await {
-            Ok(conn) => single.install(conn),
+            Ok(conn) => {
+                single.check_permissions(&conn, &config.namespace).await?;
+                single.install(conn)
+            }
             Err(e) if is_auth(&e) => {
                 return Err(Error::Auth {
                     addr: single.addr.clone(),
@@ -83,6 +88,34 @@ impl Single {
         }
         tokio::spawn(supervise(Arc::downgrade(&single)));
         Ok(single)
+    }
+
+    /// One round trip with every command L2 uses, on a probe key inside the namespace: an ACL
+    /// user that may connect but not use our keys or commands is a configuration error now,
+    /// not a silent miss on every call later. Other refusals (e.g. `OOM`) are left to runtime.
+    async fn check_permissions(
+        &self,
+        conn: &MultiplexedConnection,
+        namespace: &str,
+    ) -> Result<(), Error> {
+        let key = format!("{namespace}:__tiered_probe__");
+        let mut p = redis::pipe();
+        p.cmd("SET").arg(&key).arg("1").arg("PX").arg(1000).ignore();
+        p.cmd("GET").arg(&key).ignore();
+        p.cmd("PTTL").arg(&key).ignore();
+        p.cmd("DEL").arg(&key).ignore();
+        let mut conn = conn.clone();
+        match tokio::time::timeout(self.connect_timeout, p.query_async::<()>(&mut conn)).await {
+            Ok(Err(e)) if is_auth(&e) => Err(Error::Auth {
+                addr: self.addr.clone(),
+                detail: format!("permission check on `{key}` failed: {}", describe(&e)),
+            }),
+            Ok(Err(e)) => {
+                tracing::warn!(redis = %self.addr, error = %describe(&e), "tiered: Redis refused the start-up probe write; continuing");
+                Ok(())
+            }
+            Ok(Ok(())) | Err(_) => Ok(()),
+        }
     }
 
     async fn connect(&self) -> Result<MultiplexedConnection, redis::RedisError> {
