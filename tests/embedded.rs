@@ -141,3 +141,31 @@ async fn a_site_with_a_malformed_template_runs_uncached_instead_of_failing() {
     assert_eq!(calls.get(), 2);
     assert!(rt.key(&BAD, &[&1, &2]).is_err());
 }
+
+#[tokio::test]
+async fn two_sites_sharing_a_template_keep_their_own_values_and_are_reported() {
+    static AS_NUMBER: Site = Site::new("embedded::as_number", "shared:<id>", SiteOptions::DEFAULT);
+    static AS_TEXT: Site = Site::new("embedded::as_text", "shared:<id>", SiteOptions::DEFAULT);
+    let rt = Runtime::builder().build().await.expect("embedded");
+    let n = rt
+        .scope(async { memoize::<Plain<u32>, _, _>(&AS_NUMBER, &[&1], || async { 1u32 }).await })
+        .await;
+    let t = rt
+        .scope(async {
+            memoize::<Plain<String>, _, _>(&AS_TEXT, &[&1], || async { "one".to_owned() }).await
+        })
+        .await;
+    let n2 = rt
+        .scope(async { memoize::<Plain<u32>, _, _>(&AS_NUMBER, &[&1], || async { 2u32 }).await })
+        .await;
+    assert_eq!(
+        (n, t.as_str(), n2),
+        (1, "one", 1),
+        "each site reads its own L1"
+    );
+    assert_eq!(
+        rt.stats().total.type_conflicts,
+        1,
+        "the collision is reported once"
+    );
+}

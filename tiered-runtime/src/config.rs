@@ -129,7 +129,8 @@ impl Builder {
         self
     }
 
-    /// Upper bound on the number of L1 entries (Moka evicts by TinyLFU beyond it). Default 100 000.
+    /// Upper bound on the number of L1 entries of each memoized function (every function has
+    /// its own typed L1; Moka evicts by TinyLFU beyond the bound). Default 100 000.
     pub fn l1_max_entries(mut self, n: u64) -> Self {
         self.l1_max_entries = n;
         self

@@ -221,13 +221,9 @@ struct Escaper<'a> {
 
 impl fmt::Write for Escaper<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let clean = if self.t.other.is_empty() {
-            s.bytes().all(|b| b >= 0x80 || self.t.ascii & (1 << b) == 0)
-                && !s.chars().any(|c| !c.is_ascii() && c.is_control())
-        } else {
-            !s.chars().any(|c| self.t.must_escape(c))
-        };
-        if clean {
+        // Fast path, one pass over the bytes: plain ASCII with nothing to encode.
+        let ascii = self.t.ascii;
+        if s.bytes().all(|b| b < 0x80 && ascii & (1u128 << b) == 0) {
             self.out.push_str(s);
             return Ok(());
         }

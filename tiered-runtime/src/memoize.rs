@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::coalesce::{Role, Shared, follow};
 use crate::codec;
 use crate::key::Key;
-use crate::l1::AnyValue;
+use crate::l1::TypedL1;
 use crate::runtime::{Runtime, with_current};
 use crate::site::Site;
 use crate::stats::Counters;
@@ -169,8 +169,10 @@ where
     async move {
         match first {
             Lookup::Hit(v) => K::from_value(v),
-            Lookup::Miss(rt, key) => rt.fill::<K, F, Fut>(site, key, body).await,
-            Lookup::Bypass => body().await,
+            // Boxed: the slow path's state machine is large (about 1 KiB), and kept inline it
+            // would make every L1 hit create and move that much memory.
+            Lookup::Miss(rt, key) => Box::pin(rt.fill::<K, F, Fut>(site, key, body)).await,
+            Lookup::Bypass => Box::pin(body()).await,
         }
     }
 }
@@ -178,7 +180,7 @@ where
 impl Runtime {
     /// Renders the key and consults L1; synchronous, no I/O.
     #[inline]
-    pub(crate) fn lookup<V: Clone + 'static>(
+    pub(crate) fn lookup<V: Clone + Send + Sync + 'static>(
         &self,
         site: &'static Site,
         args: &[&(dyn Display + Sync)],
@@ -189,34 +191,35 @@ impl Runtime {
         if site.options().tiers.l1()
             && let Some(v) = self.l1_get::<V>(site, key.as_str())
         {
-            return Lookup::Hit(v.1);
+            return Lookup::Hit(v);
         }
         Lookup::Miss(self.clone(), key)
     }
 
-    /// L1 hit: the stored `Arc` and a clone of the value.
+    /// L1 hit: a clone of the value.
     #[inline]
-    fn l1_get<V: Clone + 'static>(&self, site: &'static Site, key: &str) -> Option<(AnyValue, V)> {
-        let entry = self.inner.l1.get(key)?;
-        let counters = self.inner.stats.site(site);
-        match entry.value.downcast_ref::<V>() {
-            Some(v) => {
-                Counters::bump(&counters.l1_hits);
-                let v = v.clone();
-                Some((entry.value, v))
-            }
-            None => {
-                Counters::bump(&counters.type_conflicts);
-                if Site::first_time(&site.warned_type) {
-                    tracing::error!(
-                        site = site.name(),
-                        template = site.template(),
-                        expected = std::any::type_name::<V>(),
-                        "tiered: two functions with different return types share this key template; their entries overwrite each other"
-                    );
-                }
-                None
-            }
+    fn l1_get<V: Clone + Send + Sync + 'static>(
+        &self,
+        site: &'static Site,
+        key: &str,
+    ) -> Option<V> {
+        // One slot lookup for both the L1 and the counter; no L1 yet means a miss.
+        let slot = self.inner.stats.slot(site);
+        let l1 = slot.l1.get()?.as_any().downcast_ref::<TypedL1<V>>()?;
+        let v = l1.get(key)?;
+        Counters::bump(&slot.counters.l1_hits);
+        Some(v)
+    }
+
+    fn l1_insert<V: Clone + Send + Sync + 'static>(
+        &self,
+        site: &'static Site,
+        key: &Key,
+        v: V,
+        ttl: std::time::Duration,
+    ) {
+        if let Some(l1) = self.l1::<V>(site) {
+            l1.insert(key.as_str().to_owned(), v, ttl);
         }
     }
 
@@ -247,7 +250,7 @@ impl Runtime {
                         // The leader was cancelled, panicked or had nothing to share: take over.
                         Some(Shared::Retry) | None => {
                             if tiers.l1()
-                                && let Some((_, v)) = self.l1_get::<K::Value>(site, key.as_str())
+                                && let Some(v) = self.l1_get::<K::Value>(site, key.as_str())
                             {
                                 return K::from_value(v);
                             }
@@ -259,9 +262,9 @@ impl Runtime {
 
         // Leader. A previous flight may have filled L1 between our lookup and `enter`.
         if tiers.l1()
-            && let Some((arc, v)) = self.l1_get::<K::Value>(site, key.as_str())
+            && let Some(v) = self.l1_get::<K::Value>(site, key.as_str())
         {
-            guard.complete(Shared::Value(arc));
+            guard.complete(Shared::Value(Arc::new(v.clone())));
             return K::from_value(v);
         }
 
@@ -277,16 +280,15 @@ impl Runtime {
                     ) {
                         Ok(v) => {
                             Counters::bump(&c.l2_hits);
-                            let arc: AnyValue = Arc::new(v.clone());
                             if tiers.l1() && self.should_promote(site) {
                                 let ttl = remaining
                                     .map_or(site.options().ttl, |r| r.min(site.options().ttl));
                                 if !ttl.is_zero() {
-                                    inner.l1.insert(key.as_str().to_owned(), arc.clone(), ttl);
+                                    self.l1_insert(site, &key, v.clone(), ttl);
                                     Counters::bump(&c.promotions);
                                 }
                             }
-                            guard.complete(Shared::Value(arc));
+                            guard.complete(Shared::Value(Arc::new(v.clone())));
                             return K::from_value(v);
                         }
                         Err(e) => {
@@ -312,16 +314,13 @@ impl Runtime {
         let out = body().await;
         match K::cached(&out) {
             Some(v) => {
-                let arc: AnyValue = Arc::new(v.clone());
                 if tiers.l1() {
-                    inner
-                        .l1
-                        .insert(key.as_str().to_owned(), arc.clone(), site.options().ttl);
+                    self.l1_insert(site, &key, v.clone(), site.options().ttl);
                 }
                 if let Some(l2) = l2 {
                     self.store(l2, site, &key, v, fingerprint).await;
                 }
-                guard.complete(Shared::Value(arc));
+                guard.complete(Shared::Value(Arc::new(v.clone())));
             }
             None => guard.complete(K::share(&out).map_or(Shared::Retry, Shared::Output)),
         }

@@ -1,15 +1,16 @@
 //! [`Runtime`]: the cheap handle over one instance's L1, L2, flights and counters; the
 //! process-wide installed runtime; task-local scopes.
 
+use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::coalesce::Flights;
 use crate::config::{Builder, Config};
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::l1::L1;
+use crate::l1::TypedL1;
 use crate::l2::L2;
 use crate::site::Site;
 use crate::stats::{SiteTable, Stats};
@@ -57,8 +58,9 @@ pub struct Runtime {
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
-    pub(crate) l1: L1,
     pub(crate) l2: Option<L2>,
+    /// Value type per key template, to report two sites that share a template (cold path).
+    templates: Mutex<HashMap<&'static str, &'static str>>,
     pub(crate) flights: Flights,
     pub(crate) stats: Arc<SiteTable>,
 }
@@ -89,7 +91,7 @@ impl Runtime {
     fn assemble(config: Config, l2: Option<L2>, stats: Arc<SiteTable>) -> Runtime {
         Runtime {
             inner: Arc::new(Inner {
-                l1: L1::new(config.l1_max_entries, config.l1_max_ttl),
+                templates: Mutex::new(HashMap::new()),
                 config,
                 l2,
                 flights: Flights::new(),
@@ -150,7 +152,7 @@ impl Runtime {
             total,
             sites,
             inflight: self.inner.flights.len(),
-            l1_entries: self.inner.l1.entry_count(),
+            l1_entries: self.inner.stats.l1s().map(|l1| l1.entry_count()).sum(),
             l2_configured: self.inner.l2.is_some(),
             l2_connected: self.inner.l2.as_ref().is_some_and(L2::is_connected),
         }
@@ -213,8 +215,11 @@ impl Runtime {
 
     async fn invalidate_key(&self, site: &'static Site, key: Key) -> Result<()> {
         let inner = &*self.inner;
-        inner.l1.remove(key.as_str());
-        let c = inner.stats.site(site);
+        let slot = inner.stats.slot(site);
+        if let Some(l1) = slot.l1.get() {
+            l1.remove(key.as_str());
+        }
+        let c = &slot.counters;
         crate::stats::Counters::bump(&c.invalidations_sent);
         match inner.l2.as_ref().filter(|_| site.options().tiers.l2()) {
             Some(l2) => l2.del(key.as_str()).await.map_err(|e| {
@@ -227,8 +232,58 @@ impl Runtime {
 
     /// Removes every entry from this runtime's L1.
     pub fn flush_l1(&self) {
-        self.inner.l1.flush();
+        for l1 in self.inner.stats.l1s() {
+            l1.flush();
+        }
         crate::stats::Counters::bump(&self.inner.stats.runtime().l1_flushes);
+    }
+}
+
+impl Runtime {
+    /// `site`'s L1 in this runtime, created on first use. `None` only if the site was used
+    /// with another value type before (impossible through the macro, which emits one static
+    /// per function).
+    #[inline]
+    pub(crate) fn l1<V: Clone + Send + Sync + 'static>(
+        &self,
+        site: &'static Site,
+    ) -> Option<&TypedL1<V>> {
+        let slot = self.inner.stats.slot(site);
+        let l1 = match slot.l1.get() {
+            Some(l1) => l1,
+            None => slot.l1.get_or_init(|| {
+                self.register_type::<V>(site);
+                Box::new(TypedL1::<V>::new(
+                    self.inner.config.l1_max_entries,
+                    self.inner.config.l1_max_ttl,
+                ))
+            }),
+        };
+        l1.as_any().downcast_ref::<TypedL1<V>>()
+    }
+
+    /// Reports (ERROR, once per site) two sites whose templates and value types collide: their
+    /// L1s are separate, but in L2 each reads the other's entries as decode failures.
+    fn register_type<V: 'static>(&self, site: &'static Site) {
+        let ty = std::any::type_name::<V>();
+        let mut templates = self
+            .inner
+            .templates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let known = *templates.entry(site.template()).or_insert(ty);
+        if known != ty {
+            crate::stats::Counters::bump(&self.inner.stats.site(site).type_conflicts);
+            if Site::first_time(&site.warned_type) {
+                tracing::error!(
+                    site = site.name(),
+                    template = site.template(),
+                    this_type = ty,
+                    other_type = known,
+                    "tiered: two functions with different return types share this key template; in Redis each will overwrite the other's entries"
+                );
+            }
+        }
     }
 }
 

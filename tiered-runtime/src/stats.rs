@@ -3,6 +3,7 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::l1::ErasedL1;
 use crate::site::Site;
 
 macro_rules! counters {
@@ -70,7 +71,7 @@ counters! {
     invalidations_received,
     /// Times L1 was flushed as a whole.
     l1_flushes,
-    /// L1 entries whose type did not match the site's (two sites sharing a template).
+    /// Sites that share their key template with a site of another value type (reported once).
     type_conflicts,
     /// Circuit breaker transitions (closed→open, open→half-open→closed …).
     breaker_transitions,
@@ -125,17 +126,20 @@ impl Stats {
 const CHUNK: usize = 64;
 const CHUNKS: usize = 64;
 
-struct Slot {
+/// The state of one site in one runtime: its counters and its typed L1.
+#[derive(Default)]
+pub(crate) struct Slot {
     site: OnceLock<&'static Site>,
-    counters: Counters,
+    pub(crate) counters: Counters,
+    pub(crate) l1: OnceLock<Box<dyn ErasedL1>>,
 }
 
-/// Per-site counters of one runtime, indexed by [`Site::index`], lock-free on the hot path:
+/// Per-site state of one runtime, indexed by [`Site::index`], lock-free on the hot path:
 /// 64 lazily allocated chunks of 64 slots. Sites beyond 4096 in one process share one overflow
-/// slot (reported under the name `"(other sites)"`).
+/// slot (reported under the name `"(other sites)"`; its L1 serves the first of them only).
 pub(crate) struct SiteTable {
     chunks: [OnceLock<Box<[Slot]>>; CHUNKS],
-    overflow: Counters,
+    overflow: Slot,
     runtime: Counters,
 }
 
@@ -143,7 +147,7 @@ impl SiteTable {
     pub(crate) fn new() -> Self {
         SiteTable {
             chunks: std::array::from_fn(|_| OnceLock::new()),
-            overflow: Counters::default(),
+            overflow: Slot::default(),
             runtime: Counters::default(),
         }
     }
@@ -153,23 +157,33 @@ impl SiteTable {
         &self.runtime
     }
 
+    /// The counters of `site`.
     #[inline]
     pub(crate) fn site(&self, site: &'static Site) -> &Counters {
+        &self.slot(site).counters
+    }
+
+    /// The whole state of `site`.
+    #[inline]
+    pub(crate) fn slot(&self, site: &'static Site) -> &Slot {
         let i = site.index();
         let Some(chunk) = self.chunks.get(i / CHUNK) else {
             return &self.overflow;
         };
-        let chunk = chunk.get_or_init(|| {
-            (0..CHUNK)
-                .map(|_| Slot {
-                    site: OnceLock::new(),
-                    counters: Counters::default(),
-                })
-                .collect()
-        });
+        let chunk = chunk.get_or_init(|| (0..CHUNK).map(|_| Slot::default()).collect());
         let slot = &chunk[i % CHUNK];
         slot.site.get_or_init(|| site);
-        &slot.counters
+        slot
+    }
+
+    /// Every L1 that exists.
+    pub(crate) fn l1s(&self) -> impl Iterator<Item = &dyn ErasedL1> {
+        self.chunks
+            .iter()
+            .filter_map(OnceLock::get)
+            .flat_map(|c| c.iter())
+            .chain(std::iter::once(&self.overflow))
+            .filter_map(|slot| slot.l1.get().map(|b| &**b))
     }
 
     pub(crate) fn snapshot(&self) -> (Counts, Vec<SiteStats>) {
@@ -187,7 +201,7 @@ impl SiteTable {
                 }
             }
         }
-        let overflow = self.overflow.snapshot();
+        let overflow = self.overflow.counters.snapshot();
         if overflow != Counts::default() {
             total.add(&overflow);
             sites.push(SiteStats {
