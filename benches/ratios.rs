@@ -140,9 +140,11 @@ fn calibrate(side: &mut Side<'_>) -> f64 {
 fn compare(
     plan: &Plan,
     round: Duration,
+    case: &'static str,
+    note: &'static str,
     mut ours: Side<'_>,
     mut base: Side<'_>,
-) -> (f64, f64, u64) {
+) -> Row {
     let slowest = calibrate(&mut ours).max(calibrate(&mut base)).max(1.0);
     let iters = ((round.as_nanos() as f64 / slowest) as u64).max(10);
     ours(iters / 2);
@@ -160,7 +162,13 @@ fn compare(
             a.push(ours(iters));
         }
     }
-    (median_ns(a, iters), median_ns(b, iters), iters)
+    Row {
+        case,
+        ours: median_ns(a, iters),
+        base: median_ns(b, iters),
+        iters,
+        note,
+    }
 }
 
 fn median_ns(mut samples: Vec<Duration>, iters: u64) -> f64 {
@@ -397,9 +405,11 @@ fn l1_cases(plan: &Plan, rows: &mut Vec<Row>) {
         }
     };
 
-    let (ours, base, iters) = compare(
+    rows.push(compare(
         plan,
         plan.l1_round,
+        "L1 hit, 1 thread (vs moka get+clone)",
+        "target: within 10 % of raw Moka",
         Box::new(|n| {
             st.block_on(async {
                 let t0 = Instant::now();
@@ -414,28 +424,16 @@ fn l1_cases(plan: &Plan, rows: &mut Vec<Row>) {
                 t0.elapsed()
             })
         }),
-    );
-    rows.push(Row {
-        case: "L1 hit, 1 thread (vs moka get+clone)",
-        ours,
-        base,
-        iters,
-        note: "target: within 10 % of raw Moka",
-    });
+    ));
 
-    let (ours, base, iters) = compare(
+    rows.push(compare(
         plan,
         plan.l1_round,
+        "L1 hit, 2 threads, per thread (vs moka)",
+        "target: within 10 % of raw Moka",
         Box::new(|n| parallel(2, n, &ours_op)),
         Box::new(|n| parallel(2, n, &base_op)),
-    );
-    rows.push(Row {
-        case: "L1 hit, 2 threads, per thread (vs moka)",
-        ours,
-        base,
-        iters,
-        note: "target: within 10 % of raw Moka",
-    });
+    ));
 
     let c = installed.stats().total;
     assert_eq!(
@@ -546,27 +544,22 @@ fn redis_cases(plan: &Plan, server: &RedisServer, rows: &mut Vec<Row>) {
         })
     };
 
-    let (ours, base, iters) = compare(
+    rows.push(compare(
         plan,
         plan.l2_round,
+        "L2 hit (vs raw GET + rmp decode)",
+        "",
         Box::new(ours_hit),
         Box::new(raw_get_decode),
-    );
-    rows.push(Row {
-        case: "L2 hit (vs raw GET + rmp decode)",
-        ours,
-        base,
-        iters,
-        note: "",
-    });
-    let (ours, base, iters) = compare(plan, plan.l2_round, Box::new(ours_hit), Box::new(raw_get));
-    rows.push(Row {
-        case: "L2 hit (vs raw GET, no decode)",
-        ours,
-        base,
-        iters,
-        note: "",
-    });
+    ));
+    rows.push(compare(
+        plan,
+        plan.l2_round,
+        "L2 hit (vs raw GET, no decode)",
+        "",
+        Box::new(ours_hit),
+        Box::new(raw_get),
+    ));
 
     let c = b.stats().total;
     assert!(c.l2_hits > 0, "B must be served by L2");
@@ -627,19 +620,14 @@ fn redis_cases(plan: &Plan, server: &RedisServer, rows: &mut Vec<Row>) {
             t0.elapsed()
         })
     };
-    let (ours, base, iters) = compare(
+    rows.push(compare(
         plan,
         plan.miss_round,
+        "miss, distinct keys (vs raw GET + SET PX)",
+        "",
         Box::new(ours_miss),
         Box::new(raw_miss),
-    );
-    rows.push(Row {
-        case: "miss, distinct keys (vs raw GET + SET PX)",
-        ours,
-        base,
-        iters,
-        note: "",
-    });
+    ));
 
     let m = b
         .stats()

@@ -184,12 +184,12 @@ impl Builder {
     }
 
     /// Checks every value and returns the validated configuration.
-    pub fn validate(self) -> Result<Config> {
+    pub fn validate(mut self) -> Result<Config> {
         if let Some((field, reason)) = self.deferred {
             return Err(Error::config(field, reason));
         }
         validate_namespace(&self.namespace)?;
-        let redis = match self.redis_url {
+        let redis = match self.redis_url.take() {
             None => None,
             Some(url) => Some(RedisTarget::parse(url)?),
         };
@@ -203,7 +203,13 @@ impl Builder {
         positive(self.max_value_bytes as u64, "max_value_bytes")?;
         positive(u64::from(self.breaker_threshold), "breaker_threshold")?;
         nonzero_duration(self.breaker_cooldown, "breaker_cooldown")?;
-        Ok(Config {
+        Ok(self.into_config(redis))
+    }
+
+    /// The configuration without validation; `validate` checks first, and the defaults are
+    /// valid by construction (unit-tested).
+    fn into_config(self, redis: Option<RedisTarget>) -> Config {
+        Config {
             namespace: self.namespace,
             redis,
             l1_max_entries: self.l1_max_entries,
@@ -214,7 +220,12 @@ impl Builder {
             max_value_bytes: self.max_value_bytes,
             breaker_threshold: self.breaker_threshold,
             breaker_cooldown: self.breaker_cooldown,
-        })
+        }
+    }
+
+    /// The default configuration (embedded mode), for the lazily created default runtime.
+    pub(crate) fn defaults() -> Config {
+        Builder::default().into_config(None)
     }
 
     /// Builds a runtime without installing it globally.
@@ -450,6 +461,8 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
+        let validated = Builder::new().validate().map(|c| format!("{c:?}"));
+        assert_eq!(validated.ok(), Some(format!("{:?}", Builder::defaults())));
         let c = Builder::new().validate().map_err(|e| e.to_string());
         let c = c.as_ref().map(|c| (c.namespace(), c.promotion_frequency()));
         assert_eq!(c, Ok(("tiered", 10)));

@@ -105,20 +105,7 @@ impl Runtime {
             "tiered: no runtime installed; memoized calls use an embedded L1-only default \
              (call tiered::Runtime::builder()…install() at start-up to configure Redis)"
         );
-        let config = Builder::new().validate();
-        // Defaults are valid by construction (unit-tested); fall back field by field anyway.
-        let config = config.unwrap_or_else(|_| Config {
-            namespace: crate::config::DEFAULT_NAMESPACE.to_owned(),
-            redis: None,
-            l1_max_entries: crate::config::DEFAULT_L1_MAX_ENTRIES,
-            l1_max_ttl: None,
-            l2_timeout: crate::config::DEFAULT_L2_TIMEOUT,
-            connect_timeout: crate::config::DEFAULT_CONNECT_TIMEOUT,
-            promotion_frequency: crate::config::DEFAULT_PROMOTION_FREQUENCY,
-            max_value_bytes: crate::config::DEFAULT_MAX_VALUE_BYTES,
-            breaker_threshold: crate::config::DEFAULT_BREAKER_THRESHOLD,
-            breaker_cooldown: crate::config::DEFAULT_BREAKER_COOLDOWN,
-        });
+        let config = Builder::defaults();
         Self::assemble(config, None, Arc::new(SiteTable::new()))
     }
 
