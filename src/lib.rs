@@ -21,3 +21,6 @@
 #![deny(missing_docs)]
 
 pub use tiered_runtime::*;
+
+/// Memoizes an `async fn` through the tiered runtime and generates `invalidate_<fn>`.
+pub use tiered_macros::tiered_cache;

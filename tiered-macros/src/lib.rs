@@ -1,5 +1,23 @@
-//! The `#[tiered_cache]` attribute macro for [`tiered`](https://docs.rs/tiered).
+//! The `#[tiered_cache]` attribute macro of [`tiered`](https://docs.rs/tiered).
 //!
-//! The macro itself lands with the next milestone; until then the runtime API in
-//! `tiered-runtime` is used directly.
+//! A small pipeline, one file per stage: [`attr`] parses the options, [`template`] the key
+//! template, [`signature`] the function's shape; [`expand`] writes the wrapper, its `static`
+//! site and the `invalidate_<fn>` companion. Every mistake is reported at its own span, all at
+//! once; when the attribute is wrong the function is still emitted unchanged beside the errors,
+//! so its callers type-check and the IDE keeps working.
 #![deny(missing_docs)]
+
+mod attr;
+mod errors;
+mod expand;
+mod signature;
+mod template;
+
+use proc_macro::TokenStream;
+
+/// Memoizes an `async fn` through the tiered runtime (L1 → coalescing → L2 → body) and
+/// generates `invalidate_<fn>(…)` beside it. See the `tiered` crate docs for the options.
+#[proc_macro_attribute]
+pub fn tiered_cache(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::tiered_cache(args.into(), item.into()).into()
+}

@@ -4,9 +4,12 @@
 //! `{namespace}:{template with values}`, where every value is written with `Display` and
 //! percent-encoded so that
 //!
-//! * the encoding is **injective**: `%` itself, every character of the template's literal text
-//!   and `:` are encoded, so a value can never imitate a separator and two different argument
-//!   tuples never render the same key (`("a:b","c")` and `("a","b:c")` differ);
+//! * the encoding is **injective**: `%` itself, `:` and every character of the template's
+//!   separators (its literal text after a placeholder) are encoded, so a value can never imitate
+//!   a separator and two different argument tuples never render the same key (`("a:b","c")` and
+//!   `("a","b:c")` differ). The literal text before the first placeholder is a fixed prefix that
+//!   no value can shift, so its characters are not encoded (`repo:<tenant>` keeps `umbrella`
+//!   readable);
 //! * the key is **inert**: glob characters (`*`, `?`, `[`, `]`, `\`), hash-tag braces (`{`,
 //!   `}`) and control characters are encoded, so user input can never widen a pattern or choose
 //!   a Redis Cluster slot.
@@ -147,9 +150,18 @@ impl Template {
         }
         ascii |= 1 << 0x7f;
         let mut literal_len = 0;
+        let mut after_placeholder = false;
         for seg in &segments {
+            if *seg == Segment::Value {
+                after_placeholder = true;
+            }
             if let Segment::Literal(text) = seg {
                 literal_len += text.len();
+                // Only separators (literal text after a placeholder) can be imitated by a value;
+                // the leading text is a fixed prefix, so its characters stay readable in values.
+                if !after_placeholder {
+                    continue;
+                }
                 for c in text.chars() {
                     if c.is_ascii() {
                         ascii |= 1 << (c as u32);
@@ -265,7 +277,8 @@ mod tests {
             render("q:<q>", &[&"line\nbreak\u{0}"]),
             "ns:q:line%0Abreak%00"
         );
-        assert_eq!(render("é<q>", &[&"aéb"]), "ns:éa%C3%A9b");
+        assert_eq!(render("é<q>é", &[&"aéb"]), "ns:éa%C3%A9bé");
+        assert_eq!(render("repo:<t>", &[&"umbrella"]), "ns:repo:umbrella");
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub mod key;
 mod l1;
 mod l2;
 mod memoize;
+#[doc(hidden)]
+pub mod private;
 mod runtime;
 mod site;
 mod stats;
@@ -87,7 +89,8 @@ pub use config::{
 pub use error::{Error, Result};
 pub use key::Key;
 pub use memoize::{
-    CacheValue, Fallible, FallibleUncloneable, Optional, Plain, ReturnKind, memoize,
+    CacheValue, Fallible, FallibleUncloneable, Optional, Plain, Prepared, ReturnKind, memoize,
+    prepare,
 };
 pub use runtime::{Runtime, stats};
 pub use site::{Site, SiteOptions, Strategy, Tiers};

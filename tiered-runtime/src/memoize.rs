@@ -48,6 +48,23 @@ pub struct Fallible<T, E>(PhantomData<fn() -> (T, E)>);
 /// one new flight (so the body runs once per flight, never concurrently for one key).
 pub struct FallibleUncloneable<T, E>(PhantomData<fn() -> (T, E)>);
 
+macro_rules! kind_constructors {
+    ($($kind:ident<$($p:ident),*>),*) => {$(
+        impl<$($p),*> $kind<$($p),*> {
+            /// The kind as a value (used by generated code to pick the kind by inference).
+            pub const fn new() -> Self {
+                $kind(PhantomData)
+            }
+        }
+        impl<$($p),*> Default for $kind<$($p),*> {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+    )*};
+}
+kind_constructors!(Plain<T>, Optional<T>, Fallible<T, E>, FallibleUncloneable<T, E>);
+
 /// The cached-value bound shared by every kind.
 pub trait CacheValue: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
 impl<T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static> CacheValue for T {}
@@ -165,14 +182,41 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = K::Output>,
 {
-    let first = with_current(|rt| rt.lookup::<K::Value>(site, args));
-    async move {
-        match first {
-            Lookup::Hit(v) => K::from_value(v),
-            // Boxed: the slow path's state machine is large (about 1 KiB), and kept inline it
-            // would make every L1 hit create and move that much memory.
-            Lookup::Miss(rt, key) => Box::pin(rt.fill::<K, F, Fut>(site, key, body)).await,
-            Lookup::Bypass => Box::pin(body()).await,
+    prepare::<K>(site, args).run(body)
+}
+
+/// The first, synchronous half of [`memoize`]: the key is rendered and L1 consulted. The
+/// result borrows nothing, so the arguments can then be moved into the body passed to
+/// [`Prepared::run`] (this is what the macro generates).
+pub fn prepare<K: ReturnKind>(site: &'static Site, args: &[&(dyn Display + Sync)]) -> Prepared<K> {
+    Prepared {
+        site,
+        lookup: with_current(|rt| rt.lookup::<K::Value>(site, args)),
+    }
+}
+
+/// A call whose key is rendered and whose L1 lookup is done; see [`prepare`].
+pub struct Prepared<K: ReturnKind> {
+    site: &'static Site,
+    lookup: Lookup<K::Value>,
+}
+
+impl<K: ReturnKind> Prepared<K> {
+    /// Finishes the call: the L1 value, or the coalesced L2 read / body run.
+    pub fn run<F, Fut>(self, body: F) -> impl Future<Output = K::Output> + use<K, F, Fut>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = K::Output>,
+    {
+        let Prepared { site, lookup } = self;
+        async move {
+            match lookup {
+                Lookup::Hit(v) => K::from_value(v),
+                // Boxed: the slow path's state machine is large (about 1 KiB), and kept inline
+                // it would make every L1 hit create and move that much memory.
+                Lookup::Miss(rt, key) => Box::pin(rt.fill::<K, F, Fut>(site, key, body)).await,
+                Lookup::Bypass => Box::pin(body()).await,
+            }
         }
     }
 }

@@ -1,0 +1,256 @@
+//! The attribute's options, parsed into a typed struct.
+
+use proc_macro2::{Span, TokenStream};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::{Expr, ExprLit, Lit, LitStr, MetaNameValue, Token};
+
+use crate::errors::Errors;
+
+/// Which tiers the function uses.
+#[derive(Clone, Copy)]
+pub(crate) enum Tiers {
+    L1,
+    L2,
+    Both,
+}
+
+/// The return kind, when given explicitly (`returns = "…"`).
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Returns {
+    Result,
+    Option,
+    Value,
+}
+
+pub(crate) struct Options {
+    pub(crate) key: Option<LitStr>,
+    pub(crate) ttl_ms: u64,
+    pub(crate) promote: u32,
+    pub(crate) tiers: Tiers,
+    pub(crate) version: u32,
+    pub(crate) returns: Option<(Returns, Span)>,
+}
+
+const KNOWN: &str = "`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`, `returns`";
+const STRATEGIES: &[(&str, u64)] = &[
+    ("RealTime", 10_000),
+    ("ShortTerm", 300_000),
+    ("MediumTerm", 3_600_000),
+    ("LongTerm", 10_800_000),
+    ("Default", 300_000),
+];
+
+pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Options {
+    let mut o = Options {
+        key: None,
+        ttl_ms: 300_000,
+        promote: 0,
+        tiers: Tiers::Both,
+        version: 0,
+        returns: None,
+    };
+    let metas = match Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(args) {
+        Ok(m) => m,
+        Err(e) => {
+            errors.push(syn::Error::new(
+                e.span(),
+                format!("expected `option = value` pairs separated by commas ({KNOWN})"),
+            ));
+            return o;
+        }
+    };
+    let mut seen: Vec<String> = Vec::new();
+    let mut ttl_from: Option<&'static str> = None;
+    for m in metas {
+        let span = m.path.span_of();
+        let Some(name) = m.path.get_ident().map(|i| i.to_string()) else {
+            errors.at(span, format!("unknown option; expected one of {KNOWN}"));
+            continue;
+        };
+        if seen.contains(&name) {
+            errors.at(span, format!("duplicate option `{name}`"));
+            continue;
+        }
+        seen.push(name.clone());
+        match name.as_str() {
+            "key" => o.key = string(&m.value, "key", errors),
+            "strategy" | "ttl" => {
+                if let Some(other) = ttl_from {
+                    errors.at(
+                        span,
+                        format!("`{name}` and `{other}` are exclusive: give one TTL"),
+                    );
+                    continue;
+                }
+                ttl_from = Some(if name == "ttl" { "ttl" } else { "strategy" });
+                let Some(lit) = string(&m.value, ttl_from.unwrap_or("ttl"), errors) else {
+                    continue;
+                };
+                let parsed = if name == "ttl" {
+                    parse_ttl(&lit.value())
+                } else {
+                    STRATEGIES
+                        .iter()
+                        .find(|(s, _)| *s == lit.value())
+                        .map(|(_, ms)| *ms)
+                        .ok_or_else(|| {
+                            format!(
+                                "unknown strategy {:?}; expected RealTime (10 s), ShortTerm (5 min), MediumTerm (1 h), LongTerm (3 h) or Default (5 min)",
+                                lit.value()
+                            )
+                        })
+                };
+                match parsed {
+                    Ok(ms) => o.ttl_ms = ms,
+                    Err(msg) => errors.at(lit.span(), msg),
+                }
+            }
+            "promote" => {
+                if let Some(n) = int(&m.value, "promote", errors) {
+                    if n == 0 {
+                        errors.at(
+                            m.value.span_of(),
+                            "`promote` must be at least 1 (1 = always promote)",
+                        );
+                    } else {
+                        o.promote = n;
+                    }
+                }
+            }
+            "version" => {
+                if let Some(n) = int(&m.value, "version", errors) {
+                    o.version = n;
+                }
+            }
+            "tiers" => {
+                if let Some(lit) = string(&m.value, "tiers", errors) {
+                    match lit.value().as_str() {
+                        "l1" => o.tiers = Tiers::L1,
+                        "l2" => o.tiers = Tiers::L2,
+                        "both" => o.tiers = Tiers::Both,
+                        other => errors.at(
+                            lit.span(),
+                            format!("unknown tiers {other:?}; expected \"l1\", \"l2\" or \"both\""),
+                        ),
+                    }
+                }
+            }
+            "returns" => {
+                if let Some(lit) = string(&m.value, "returns", errors) {
+                    match lit.value().as_str() {
+                        "result" => o.returns = Some((Returns::Result, lit.span())),
+                        "option" => o.returns = Some((Returns::Option, lit.span())),
+                        "value" => o.returns = Some((Returns::Value, lit.span())),
+                        other => errors.at(
+                            lit.span(),
+                            format!("unknown return kind {other:?}; expected \"result\", \"option\" or \"value\""),
+                        ),
+                    }
+                }
+            }
+            other => errors.at(
+                span,
+                format!("unknown option `{other}`; expected one of {KNOWN}"),
+            ),
+        }
+    }
+    o
+}
+
+/// `90s`, `500ms`, `5m`, `2h`, `1d`.
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "invalid ttl {s:?}: expected a positive whole number and a unit: ms, s, m, h or d (e.g. \"90s\")"
+        )
+    };
+    let digits = s.trim().chars().take_while(char::is_ascii_digit).count();
+    let (n, unit) = s.trim().split_at(digits);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let factor = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(factor) {
+        Some(0) => Err(format!("invalid ttl {s:?}: must be greater than zero")),
+        Some(ms) => Ok(ms),
+        None => Err(bad()),
+    }
+}
+
+fn lit(value: &Expr) -> Option<&Lit> {
+    match value {
+        Expr::Lit(ExprLit { lit, .. }) => Some(lit),
+        _ => None,
+    }
+}
+
+fn string(value: &Expr, name: &str, errors: &mut Errors) -> Option<LitStr> {
+    match lit(value) {
+        Some(Lit::Str(s)) => Some(s.clone()),
+        _ => {
+            errors.at(value.span_of(), format!("`{name}` takes a string literal"));
+            None
+        }
+    }
+}
+
+fn int(value: &Expr, name: &str, errors: &mut Errors) -> Option<u32> {
+    match lit(value) {
+        Some(Lit::Int(i)) => match i.base10_parse::<u32>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                errors.at(i.span(), format!("`{name}` must fit in a u32"));
+                None
+            }
+        },
+        _ => {
+            errors.at(
+                value.span_of(),
+                format!("`{name}` takes an integer literal"),
+            );
+            None
+        }
+    }
+}
+
+/// The span of a whole syntax node (first to last token).
+pub(crate) trait SpanOf {
+    fn span_of(&self) -> Span;
+}
+
+impl<T: quote::ToTokens> SpanOf for T {
+    fn span_of(&self) -> Span {
+        let mut tokens = self.to_token_stream().into_iter();
+        let first = tokens.next().map(|t| t.span());
+        let last = tokens.last().map(|t| t.span());
+        match (first, last) {
+            (Some(f), Some(l)) => f.join(l).unwrap_or(f),
+            (Some(f), None) => f,
+            _ => Span::call_site(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ttl;
+
+    #[test]
+    fn ttl_units() {
+        assert_eq!(parse_ttl("90s"), Ok(90_000));
+        assert_eq!(parse_ttl("500ms"), Ok(500));
+        assert_eq!(parse_ttl("5m"), Ok(300_000));
+        assert_eq!(parse_ttl("2h"), Ok(7_200_000));
+        assert_eq!(parse_ttl("1d"), Ok(86_400_000));
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("s").is_err());
+        assert!(parse_ttl("10 parsecs").is_err());
+        assert!(parse_ttl("-1s").is_err());
+    }
+}

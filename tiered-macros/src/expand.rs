@@ -1,0 +1,211 @@
+//! Code generation: the function keeps its attributes, visibility and signature and gets a
+//! thin body (render the key, call the runtime); a hidden function owns its `static` site; the
+//! `invalidate_<fn>` companion renders the key from the same template.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::ItemFn;
+
+use crate::attr::{self, Tiers};
+use crate::errors::Errors;
+use crate::signature::{self, Kind, Shape};
+use crate::template::{self, Template};
+
+pub(crate) fn tiered_cache(args: TokenStream, item: TokenStream) -> TokenStream {
+    let f: ItemFn = match syn::parse2(item.clone()) {
+        Ok(f) => f,
+        Err(e) => {
+            let e = syn::Error::new(e.span(), "#[tiered_cache] applies to an `async fn`")
+                .to_compile_error();
+            return quote!(#item #e);
+        }
+    };
+    let mut errors = Errors::default();
+    let opts = attr::parse(args, &mut errors);
+    let shape = signature::analyze(&f, opts.returns, &mut errors);
+    let template = opts
+        .key
+        .as_ref()
+        .and_then(|k| template::parse(k, &mut errors));
+    if let (Some(t), Some(lit)) = (&template, &opts.key) {
+        check_placeholders(t, &shape, lit, &mut errors);
+    }
+    if let Some(errs) = errors.into_compile_errors() {
+        // The function unchanged, so that its callers do not cascade into further errors.
+        return quote!(#f #errs);
+    }
+    generate(&f, &opts, &shape, template.as_ref())
+}
+
+fn check_placeholders(t: &Template, shape: &Shape, lit: &syn::LitStr, errors: &mut Errors) {
+    let names: Vec<String> = shape.args.iter().map(|a| a.ident.to_string()).collect();
+    for p in &t.placeholders {
+        if p.root == "self" {
+            if shape.receiver.is_none() {
+                errors.at(
+                    lit.span(),
+                    format!(
+                        "placeholder `<self.{}>` needs a `&self` receiver",
+                        p.fields.join(".")
+                    ),
+                );
+            } else if p.fields.is_empty() {
+                errors.at(lit.span(), "placeholder `<self>` names the receiver: name one of its fields, e.g. `<self.tenant>`");
+            }
+        } else if !names.contains(&p.root) {
+            let known = if names.is_empty() {
+                "it has none".to_owned()
+            } else {
+                format!(
+                    "it has {}",
+                    names
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            errors.at(
+                lit.span(),
+                format!(
+                    "unknown placeholder `<{}>`: the function has no argument named `{}` ({known})",
+                    p.root, p.root
+                ),
+            );
+        }
+    }
+}
+
+fn generate(
+    f: &ItemFn,
+    opts: &attr::Options,
+    shape: &Shape,
+    template: Option<&Template>,
+) -> TokenStream {
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = f;
+    let name = &sig.ident;
+    let name_str = name.to_string();
+    let site_fn = format_ident!("__tiered_site_{}", name);
+    let companion = format_ident!("invalidate_{}", name);
+    let is_method = shape.receiver.is_some();
+    let site_call = if is_method {
+        quote!(Self::#site_fn())
+    } else {
+        quote!(#site_fn())
+    };
+
+    // The key's values, in placeholder order, and the arguments they use.
+    let (values, used_args, uses_self, template_expr) = match template {
+        Some(t) => {
+            let mut values = Vec::new();
+            let mut used = Vec::new();
+            let mut uses_self = false;
+            for p in &t.placeholders {
+                let fields = p.fields.iter().map(|f| format_ident!("{}", f));
+                if p.root == "self" {
+                    uses_self = true;
+                    values.push(quote!(&self #(.#fields)*));
+                } else if let Some(arg) = shape.args.iter().find(|a| a.ident == p.root) {
+                    let ident = &arg.ident;
+                    values.push(quote!(&#ident #(.#fields)*));
+                    used.push(p.root.clone());
+                }
+            }
+            let lit = opts.key.as_ref().map(|k| quote!(#k)).unwrap_or_default();
+            (values, used, uses_self, lit)
+        }
+        None => {
+            // Default key: the function's path (and `Self` for methods) plus every argument.
+            let mut values = Vec::new();
+            let mut suffix = String::new();
+            if is_method {
+                values.push(quote!(&::tiered::private::TypeName::<Self>::new()));
+                suffix.push_str(":<Self>");
+            }
+            for a in &shape.args {
+                let ident = &a.ident;
+                values.push(quote!(&#ident));
+                suffix.push_str(&format!(":<{ident}>"));
+            }
+            let used = shape.args.iter().map(|a| a.ident.to_string()).collect();
+            (
+                values,
+                used,
+                false,
+                quote!(::core::concat!(::core::module_path!(), "::", #name_str, #suffix)),
+            )
+        }
+    };
+
+    let ret = &shape.ret;
+    let kind = match shape.kind {
+        Kind::Value => quote_spanned!(shape.ret_span=> ::tiered::private::plain::<#ret>()),
+        Kind::Option => quote_spanned!(shape.ret_span=> ::tiered::private::optional::<#ret>()),
+        Kind::Result => quote_spanned!(shape.ret_span=> {
+            #[allow(unused_imports)]
+            use ::tiered::private::{ErrIsClone as _, ErrIsNotClone as _};
+            (&::tiered::private::ResultProbe::<#ret>::new()).kind()
+        }),
+    };
+
+    let ttl_ms = opts.ttl_ms;
+    let tiers = match opts.tiers {
+        Tiers::L1 => quote!(L1),
+        Tiers::L2 => quote!(L2),
+        Tiers::Both => quote!(Both),
+    };
+    let (promote, version) = (opts.promote, opts.version);
+
+    let companion_args = shape
+        .args
+        .iter()
+        .filter(|a| used_args.contains(&a.ident.to_string()))
+        .map(|a| {
+            let (ident, ty) = (&a.ident, &a.ty);
+            quote!(#ident: #ty)
+        });
+    let companion_self = uses_self.then(|| quote!(&self,));
+    let generics = &sig.generics;
+    let where_clause = &sig.generics.where_clause;
+    let companion_doc = format!(
+        "Invalidates the entry that `{name_str}` caches for these arguments: evicts it from this \
+         instance's L1, then deletes it in Redis (when configured). The local eviction always \
+         happens; `Err` means the remote part could not be done within `l2_timeout`, so other \
+         instances may serve the old value until its TTL ends. Generated by `#[tiered_cache]`."
+    );
+
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            let __tiered_prepared = ::tiered::private::prepare_as(#kind, #site_call, &[#(#values),*]);
+            __tiered_prepared.run(move || async move #block).await
+        }
+
+        #[doc(hidden)]
+        fn #site_fn() -> &'static ::tiered::Site {
+            static __TIERED_SITE: ::tiered::Site = ::tiered::Site::new(
+                ::core::concat!(::core::module_path!(), "::", #name_str),
+                #template_expr,
+                ::tiered::SiteOptions {
+                    ttl: ::core::time::Duration::from_millis(#ttl_ms),
+                    tiers: ::tiered::Tiers::#tiers,
+                    promote: #promote,
+                    version: #version,
+                },
+            );
+            &__TIERED_SITE
+        }
+
+        #[doc = #companion_doc]
+        #vis async fn #companion #generics (#companion_self #(#companion_args),*)
+            -> ::core::result::Result<(), ::tiered::Error> #where_clause
+        {
+            ::tiered::Runtime::current().invalidate(#site_call, &[#(#values),*]).await
+        }
+    }
+}
