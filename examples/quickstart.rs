@@ -1,16 +1,13 @@
-//! The README's first picture: a slow source memoized through tiered.
+//! The README's first picture: a slow source memoized with `#[tiered_cache]`.
 //!
 //! `cargo run --example quickstart` runs on the embedded L1 alone (no Redis needed).
 //! With `TIERED_REDIS_URL=redis://127.0.0.1:6379` the same code uses Redis as L2.
-//!
-//! Until the `#[tiered_cache]` macro lands, the memoized function calls the runtime's entry
-//! point directly; the macro will generate exactly this body.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tiered::{Fallible, Site, SiteOptions, Strategy, Tiers, memoize};
+use tiered::tiered_cache;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct User {
@@ -24,28 +21,14 @@ struct DbError(#[allow(dead_code)] String);
 static QUERIES: AtomicUsize = AtomicUsize::new(0);
 
 /// The slow source of truth: 200 ms per query.
-async fn query_user(id: u64) -> Result<User, DbError> {
+#[tiered_cache(strategy = "MediumTerm", key = "user:<id>")]
+async fn get_user(id: u64) -> Result<User, DbError> {
     QUERIES.fetch_add(1, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(User {
         id,
         name: format!("user-{id}"),
     })
-}
-
-static GET_USER: Site = Site::new(
-    "quickstart::get_user",
-    "user:<id>",
-    SiteOptions {
-        ttl: Strategy::MediumTerm.ttl(),
-        tiers: Tiers::Both,
-        promote: 0,
-        version: 1,
-    },
-);
-
-async fn get_user(id: u64) -> Result<User, DbError> {
-    memoize::<Fallible<User, DbError>, _, _>(&GET_USER, &[&id], || query_user(id)).await
 }
 
 async fn timed(label: &str, id: u64) {
@@ -87,11 +70,11 @@ async fn main() -> Result<(), tiered::Error> {
         QUERIES.load(Ordering::Relaxed) - before
     );
 
-    rt.invalidate(&GET_USER, &[&42u64]).await?;
+    invalidate_get_user(42).await?; // after a write to the source of truth
     timed("after invalidate (miss)", 42).await;
     timed("again (L1 hit)", 42).await;
 
-    let s = rt.stats();
+    let s = tiered::stats();
     println!("\n{:<24} {:>8}", "counter", "value");
     for (name, value) in s.total.fields() {
         if value > 0 {

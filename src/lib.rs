@@ -1,26 +1,35 @@
 //! **tiered**: declarative, tiered memoization of async functions.
 //!
-//! An in-process L1 (Moka) in front of a shared L2 (Redis), with coalescing of concurrent
-//! misses and probabilistic promotion of L2 hits. This crate only re-exports
-//! [`tiered_runtime`] (all behaviour) and the `#[tiered_cache]` macro.
+//! An in-process L1 (Moka, typed values) in front of a shared L2 (Redis), with coalescing of
+//! concurrent misses and probabilistic promotion of L2 hits. This crate re-exports
+//! [`tiered_runtime`] (all behaviour) and the [`tiered_cache`] attribute macro.
 //!
 //! ```
-//! use tiered::{Plain, Site, SiteOptions, memoize};
+//! use tiered::tiered_cache;
 //!
-//! static FIB: Site = Site::new("doc::fib", "fib:<n>", SiteOptions::DEFAULT);
-//!
+//! #[tiered_cache(strategy = "MediumTerm", key = "fib:<n>")]
 //! async fn fib(n: u64) -> u64 {
-//!     memoize::<Plain<u64>, _, _>(&FIB, &[&n], || async move {
-//!         (1..=n).fold((0u64, 1u64), |(a, b), _| (b, a.wrapping_add(b))).0
-//!     })
-//!     .await
+//!     (1..=n).fold((0u64, 1u64), |(a, b), _| (b, a.wrapping_add(b))).0
 //! }
+//!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() { assert_eq!(fib(10).await, 55); }
+//! # async fn main() -> Result<(), tiered::Error> {
+//! tiered::Runtime::builder().namespace("doc").install().await?; // add .redis_url(…) for L2
+//! assert_eq!(fib(10).await, 55); // computed
+//! assert_eq!(fib(10).await, 55); // L1 hit
+//! invalidate_fib(10).await?;     // generated beside `fib`
+//! assert_eq!(tiered::stats().total.computations, 1);
+//! # Ok(()) }
 //! ```
+//!
+//! The attribute's options (`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`,
+//! `returns`), the return kinds and the failure semantics are described in the README and in
+//! [`tiered_runtime`]'s crate docs.
 #![deny(missing_docs)]
 
 pub use tiered_runtime::*;
 
-/// Memoizes an `async fn` through the tiered runtime and generates `invalidate_<fn>`.
+/// Memoizes an `async fn` through the tiered runtime (L1 → coalescing → L2 → body) and
+/// generates `invalidate_<fn>(…)` beside it, with the same visibility, taking the arguments
+/// the key uses.
 pub use tiered_macros::tiered_cache;

@@ -66,6 +66,11 @@ macro_rules! kind_constructors {
 kind_constructors!(Plain<T>, Optional<T>, Fallible<T, E>, FallibleUncloneable<T, E>);
 
 /// The cached-value bound shared by every kind.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be cached by tiered",
+    label = "this value type must be Clone + Serialize + DeserializeOwned + Send + Sync + 'static",
+    note = "derive `Clone`, `serde::Serialize` and `serde::Deserialize` for `{Self}`"
+)]
 pub trait CacheValue: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
 impl<T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static> CacheValue for T {}
 

@@ -1,0 +1,8 @@
+use tiered::tiered_cache;
+
+#[tiered_cache(key = "")]
+async fn f(id: u32) -> u32 {
+    id
+}
+
+fn main() {}

@@ -1,0 +1,12 @@
+use tiered::tiered_cache;
+
+struct Repo;
+
+impl Repo {
+    #[tiered_cache]
+    async fn consume(self, id: u32) -> u32 {
+        id
+    }
+}
+
+fn main() {}
