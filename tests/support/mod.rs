@@ -5,6 +5,8 @@
 //! ever talks to a server the test did not start.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

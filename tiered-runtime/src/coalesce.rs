@@ -7,11 +7,19 @@
 //! stranded. When a leader goes away without an outcome, its sender is dropped, every follower
 //! wakes up and they form a new flight: exactly one of them becomes the new leader (the body
 //! runs again once per takeover, never concurrently for one key in one process).
+//!
+//! **Invalidation detaches flights.** An invalidation of a key (local or received), of a site or
+//! of everything marks the matching flights *poisoned* and removes them from the map, under the
+//! same lock as the leader's L1 insert ([`FlightGuard::complete`]). A poisoned leader still
+//! hands its value to its own caller and to followers that joined before the invalidation, but
+//! stores nothing; a caller arriving after the invalidation starts a new flight. This is the
+//! local half of "no stale fill" (DESIGN §5); leases are the Redis half.
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
@@ -28,8 +36,15 @@ pub(crate) enum Shared {
 
 type Outcome = watch::Receiver<Option<Shared>>;
 
+struct Flight {
+    id: u64,
+    site: &'static str,
+    rx: Outcome,
+    poisoned: Arc<AtomicBool>,
+}
+
 pub(crate) struct Flights {
-    map: Mutex<HashMap<String, (u64, Outcome)>>,
+    map: Mutex<HashMap<String, Flight>>,
     next_id: std::sync::atomic::AtomicU64,
 }
 
@@ -46,28 +61,59 @@ impl Flights {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Outcome)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight>> {
         // Never held across user code, so poisoning cannot leave the map inconsistent.
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Joins the flight for `key`, or starts one and leads it.
-    pub(crate) fn enter(&self, key: &str) -> Role<'_> {
+    /// Joins the flight for `key`, or starts one (for the site named `site`) and leads it.
+    pub(crate) fn enter(&self, key: &str, site: &'static str) -> Role<'_> {
         let mut map = self.lock();
-        if let Some((_, rx)) = map.get(key) {
-            return Role::Follower(rx.clone());
+        if let Some(f) = map.get(key) {
+            return Role::Follower(f.rx.clone());
         }
-        let id = self
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
-        map.insert(key.to_owned(), (id, rx));
+        let poisoned = Arc::new(AtomicBool::new(false));
+        map.insert(
+            key.to_owned(),
+            Flight {
+                id,
+                site,
+                rx,
+                poisoned: poisoned.clone(),
+            },
+        );
         Role::Leader(FlightGuard {
             flights: self,
             key: key.to_owned(),
             id,
             tx: Some(tx),
+            poisoned,
         })
+    }
+
+    /// Poisons and detaches the flight of `key`, then runs `evict` under the same lock.
+    pub(crate) fn invalidate_key(&self, key: &str, evict: impl FnOnce()) {
+        let mut map = self.lock();
+        if let Some(f) = map.remove(key) {
+            f.poisoned.store(true, Ordering::Release);
+        }
+        evict();
+    }
+
+    /// Poisons and detaches every flight of the site named `site` (every flight when `None`),
+    /// then runs `evict` under the same lock.
+    pub(crate) fn invalidate_site(&self, site: Option<&str>, evict: impl FnOnce()) {
+        let mut map = self.lock();
+        map.retain(|_, f| {
+            let hit = site.is_none_or(|s| s == f.site);
+            if hit {
+                f.poisoned.store(true, Ordering::Release);
+            }
+            !hit
+        });
+        evict();
     }
 
     /// Flights in progress.
@@ -77,7 +123,7 @@ impl Flights {
 
     fn remove(&self, key: &str, id: u64) {
         let mut map = self.lock();
-        if map.get(key).is_some_and(|(current, _)| *current == id) {
+        if map.get(key).is_some_and(|f| f.id == id) {
             map.remove(key);
         }
     }
@@ -102,16 +148,34 @@ pub(crate) struct FlightGuard<'a> {
     key: String,
     id: u64,
     tx: Option<watch::Sender<Option<Shared>>>,
+    poisoned: Arc<AtomicBool>,
 }
 
 impl FlightGuard<'_> {
-    /// Ends the flight and hands `outcome` to every follower. The entry is removed first, so
-    /// a caller arriving afterwards finds the value in L1 (written before) or starts afresh.
-    pub(crate) fn complete(mut self, outcome: Shared) {
-        self.flights.remove(&self.key, self.id);
+    /// Whether an invalidation has hit this flight since it started.
+    pub(crate) fn poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Ends the flight and hands `outcome` to every follower. Under the map's lock, `store`
+    /// runs first unless the flight was poisoned (returns whether it ran), then the entry is
+    /// removed, so a caller arriving afterwards finds the stored value or starts afresh.
+    pub(crate) fn complete(mut self, outcome: Shared, store: impl FnOnce()) -> bool {
+        let stored = {
+            let mut map = self.flights.lock();
+            let stored = !self.poisoned();
+            if stored {
+                store();
+            }
+            if map.get(&self.key).is_some_and(|f| f.id == self.id) {
+                map.remove(&self.key);
+            }
+            stored
+        };
         if let Some(tx) = self.tx.take() {
             tx.send_replace(Some(outcome));
         }
+        stored
     }
 }
 

@@ -21,6 +21,7 @@ const MAGIC: [u8; 2] = *b"tR";
 /// Version of the envelope layout.
 pub const WIRE_VERSION: u8 = 1;
 const KIND_VALUE: u8 = 0;
+const KIND_LEASE: u8 = 1;
 /// Length of the envelope header in bytes.
 pub const HEADER_LEN: usize = 2 + 1 + 1 + 16;
 
@@ -77,6 +78,26 @@ pub fn encode<T: Serialize + ?Sized>(
     Ok(out)
 }
 
+/// A fill lease (DESIGN §5): an envelope of kind 1 whose body is the holder's 16-byte token.
+/// Stored under the key itself while its holder computes; never a value, never a decode
+/// failure.
+pub(crate) fn lease(token: &[u8; 16]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN);
+    out.extend_from_slice(&MAGIC);
+    out.push(WIRE_VERSION);
+    out.push(KIND_LEASE);
+    out.extend_from_slice(token);
+    out
+}
+
+/// Whether `bytes` are a lease (of any holder).
+pub(crate) fn is_lease(bytes: &[u8]) -> bool {
+    bytes.len() == HEADER_LEN
+        && bytes[..2] == MAGIC
+        && bytes[2] == WIRE_VERSION
+        && bytes[3] == KIND_LEASE
+}
+
 /// Decodes an envelope, checking everything listed in the module docs.
 pub fn decode<T: DeserializeOwned>(
     fingerprint: &[u8; 16],
@@ -113,6 +134,18 @@ pub fn decode<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_is_recognised_and_never_decodes_as_a_value() {
+        let lease = lease(&[7; 16]);
+        assert!(is_lease(&lease));
+        assert_eq!(
+            decode::<u8>(&[7; 16], &lease, 1 << 20),
+            Err(DecodeError::Kind(KIND_LEASE))
+        );
+        assert!(!is_lease(&encode(&[7; 16], &1u8).unwrap_or_default()));
+        assert!(!is_lease(b"tR"));
+    }
     use serde::Deserialize;
 
     #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -21,6 +21,14 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_BREAKER_THRESHOLD: u32 = 3;
 /// Default time the breaker stays open before one probe is let through.
 pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_millis(500);
+/// Default lifetime of a fill lease in Redis (should exceed the slowest memoized body).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// Default longest wait for another process's lease before computing without filling.
+pub const DEFAULT_LEASE_WAIT: Duration = Duration::from_secs(3);
+/// Default cap on L1 entry lifetime while the invalidation subscription is down.
+pub const DEFAULT_DEGRADED_L1_TTL: Duration = Duration::from_secs(1);
+/// Default capacity of the queue between the invalidation subscriber and its handler.
+pub const DEFAULT_BUS_QUEUE: usize = 4096;
 
 /// Configures and builds a [`Runtime`].
 ///
@@ -49,6 +57,10 @@ pub struct Builder {
     max_value_bytes: usize,
     breaker_threshold: u32,
     breaker_cooldown: Duration,
+    lease_ttl: Duration,
+    lease_wait: Duration,
+    degraded_l1_ttl: Duration,
+    bus_queue: usize,
     deferred: Option<(&'static str, String)>,
 }
 
@@ -80,6 +92,10 @@ impl Default for Builder {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             breaker_threshold: DEFAULT_BREAKER_THRESHOLD,
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            lease_wait: DEFAULT_LEASE_WAIT,
+            degraded_l1_ttl: DEFAULT_DEGRADED_L1_TTL,
+            bus_queue: DEFAULT_BUS_QUEUE,
             deferred: None,
         }
     }
@@ -183,6 +199,36 @@ impl Builder {
         self
     }
 
+    /// Lifetime of the fill lease a process takes in Redis before computing a missing key
+    /// (cross-process stampede protection, DESIGN §5). A body that runs longer than this loses
+    /// its lease and does not fill Redis. Default 10 s.
+    pub fn lease_ttl(mut self, d: Duration) -> Self {
+        self.lease_ttl = d;
+        self
+    }
+
+    /// How long a process that finds another process's lease waits for that fill before
+    /// computing itself (without filling). At most `lease_ttl`. Default 3 s.
+    pub fn lease_wait(mut self, d: Duration) -> Self {
+        self.lease_wait = d;
+        self
+    }
+
+    /// Cap on the lifetime of L1 entries written while the invalidation subscription is down
+    /// (Redis configured but unreachable): invalidations sent meanwhile are lost, so this bounds
+    /// the staleness they can cause. Default 1 s.
+    pub fn degraded_l1_ttl(mut self, d: Duration) -> Self {
+        self.degraded_l1_ttl = d;
+        self
+    }
+
+    /// Capacity of the queue between the invalidation subscriber and its handler. When it is
+    /// full, the instance flushes its L1 instead of dropping a message. Default 4096.
+    pub fn bus_queue(mut self, n: usize) -> Self {
+        self.bus_queue = n;
+        self
+    }
+
     /// Checks every value and returns the validated configuration.
     pub fn validate(mut self) -> Result<Config> {
         if let Some((field, reason)) = self.deferred {
@@ -203,6 +249,13 @@ impl Builder {
         positive(self.max_value_bytes as u64, "max_value_bytes")?;
         positive(u64::from(self.breaker_threshold), "breaker_threshold")?;
         nonzero_duration(self.breaker_cooldown, "breaker_cooldown")?;
+        nonzero_duration(self.lease_ttl, "lease_ttl")?;
+        nonzero_duration(self.lease_wait, "lease_wait")?;
+        if self.lease_wait > self.lease_ttl {
+            return Err(Error::config("lease_wait", "must not exceed lease_ttl"));
+        }
+        nonzero_duration(self.degraded_l1_ttl, "degraded_l1_ttl")?;
+        positive(self.bus_queue as u64, "bus_queue")?;
         Ok(self.into_config(redis))
     }
 
@@ -220,6 +273,10 @@ impl Builder {
             max_value_bytes: self.max_value_bytes,
             breaker_threshold: self.breaker_threshold,
             breaker_cooldown: self.breaker_cooldown,
+            lease_ttl: self.lease_ttl,
+            lease_wait: self.lease_wait,
+            degraded_l1_ttl: self.degraded_l1_ttl,
+            bus_queue: self.bus_queue,
         }
     }
 
@@ -259,6 +316,10 @@ pub struct Config {
     pub(crate) max_value_bytes: usize,
     pub(crate) breaker_threshold: u32,
     pub(crate) breaker_cooldown: Duration,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) lease_wait: Duration,
+    pub(crate) degraded_l1_ttl: Duration,
+    pub(crate) bus_queue: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -304,6 +365,14 @@ impl Config {
     pub fn max_value_bytes(&self) -> usize {
         self.max_value_bytes
     }
+    /// Lifetime of a fill lease.
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+    /// Longest wait for another process's lease.
+    pub fn lease_wait(&self) -> Duration {
+        self.lease_wait
+    }
 }
 
 /// A parsed Redis address; keeps the client, never prints the password.
@@ -311,6 +380,9 @@ impl Config {
 pub(crate) struct RedisTarget {
     pub(crate) client: redis::Client,
     pub(crate) addr: String,
+    /// The database index (part of the invalidation channel's name: Pub/Sub is not scoped
+    /// by database).
+    pub(crate) db: i64,
 }
 
 impl RedisTarget {
@@ -324,6 +396,7 @@ impl RedisTarget {
         })?;
         Ok(RedisTarget {
             addr: redacted_addr(&url),
+            db: client.get_connection_info().redis_settings().db(),
             client,
         })
     }

@@ -15,8 +15,16 @@
 //!   removed when it is next read; until then it occupies one of the `l1_max_entries` slots, so
 //!   memory stays bounded by that limit.
 //! * **foldhash** instead of SipHash for the key, randomly seeded per cache (−11 ns).
+//!
+//! **Epochs.** Every entry carries the epoch of its L1 at the moment its computation or L2 read
+//! *started*; a hit requires that the L1 is still in that epoch (one relaxed-cost atomic load).
+//! Bumping the epoch ([`ErasedL1::new_epoch`]) makes every older entry invisible at once, and
+//! also every entry still being computed from data read before the bump: this is how a gap in
+//! the invalidation stream, a group invalidation or a queue overflow drop the whole L1 without
+//! racing with fills in progress (DESIGN §5).
 
 use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use coarsetime::Instant as CoarseInstant;
@@ -25,12 +33,14 @@ use coarsetime::Instant as CoarseInstant;
 struct Entry<T> {
     value: T,
     deadline: CoarseInstant,
+    epoch: u64,
 }
 
 /// The L1 of one site in one runtime.
 pub(crate) struct TypedL1<T> {
     cache: moka::sync::Cache<String, Entry<T>, foldhash::fast::RandomState>,
     max_ttl: Option<Duration>,
+    epoch: AtomicU64,
 }
 
 impl<T: Clone + Send + Sync + 'static> TypedL1<T> {
@@ -40,14 +50,22 @@ impl<T: Clone + Send + Sync + 'static> TypedL1<T> {
                 .max_capacity(max_entries)
                 .build_with_hasher(foldhash::fast::RandomState::default()),
             max_ttl,
+            epoch: AtomicU64::new(0),
         }
+    }
+
+    /// The current epoch: capture it before reading the data a later insert will carry.
+    #[inline]
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// The live value under `key`, if any.
     #[inline]
     pub(crate) fn get(&self, key: &str) -> Option<T> {
         let entry = self.cache.get(key)?;
-        if entry.deadline > CoarseInstant::now_without_cache_update() {
+        if entry.deadline > CoarseInstant::now_without_cache_update() && entry.epoch == self.epoch()
+        {
             Some(entry.value)
         } else {
             self.cache.invalidate(key);
@@ -55,13 +73,21 @@ impl<T: Clone + Send + Sync + 'static> TypedL1<T> {
         }
     }
 
-    /// Inserts with `ttl` capped by `l1_max_ttl`; a zero TTL inserts nothing.
-    pub(crate) fn insert(&self, key: String, value: T, ttl: Duration) {
+    /// Inserts with `ttl` capped by `l1_max_ttl`, tagged with `epoch` (see [`epoch`](Self::epoch));
+    /// a zero TTL or an epoch that has already ended inserts nothing.
+    pub(crate) fn insert(&self, key: String, value: T, ttl: Duration, epoch: u64) {
         let ttl = self.max_ttl.map_or(ttl, |cap| ttl.min(cap));
-        if !ttl.is_zero() {
+        if !ttl.is_zero() && epoch == self.epoch() {
             let deadline =
                 CoarseInstant::now_without_cache_update() + coarsetime::Duration::from(ttl);
-            self.cache.insert(key, Entry { value, deadline });
+            self.cache.insert(
+                key,
+                Entry {
+                    value,
+                    deadline,
+                    epoch,
+                },
+            );
         }
     }
 }
@@ -70,7 +96,8 @@ impl<T: Clone + Send + Sync + 'static> TypedL1<T> {
 pub(crate) trait ErasedL1: Send + Sync {
     fn as_any(&self) -> &dyn Any;
     fn remove(&self, key: &str);
-    fn flush(&self);
+    /// Ends the current epoch: every entry, and every fill that started before, is dropped.
+    fn new_epoch(&self);
     fn entry_count(&self) -> u64;
 }
 
@@ -81,7 +108,8 @@ impl<T: Clone + Send + Sync + 'static> ErasedL1 for TypedL1<T> {
     fn remove(&self, key: &str) {
         self.cache.invalidate(key);
     }
-    fn flush(&self) {
+    fn new_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         self.cache.invalidate_all();
     }
     fn entry_count(&self) -> u64 {
@@ -97,8 +125,8 @@ mod tests {
     #[test]
     fn entries_expire_at_their_own_deadline() {
         let l1 = TypedL1::<u8>::new(100, None);
-        l1.insert("short".into(), 1, Duration::from_millis(30));
-        l1.insert("long".into(), 2, Duration::from_secs(60));
+        l1.insert("short".into(), 1, Duration::from_millis(30), 0);
+        l1.insert("long".into(), 2, Duration::from_secs(60), 0);
         assert_eq!(l1.get("short"), Some(1));
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(
@@ -112,10 +140,23 @@ mod tests {
     #[test]
     fn max_ttl_caps_and_zero_ttl_inserts_nothing() {
         let l1 = TypedL1::<u8>::new(100, Some(Duration::from_millis(20)));
-        l1.insert("k".into(), 1, Duration::from_secs(3600));
-        l1.insert("z".into(), 1, Duration::ZERO);
+        l1.insert("k".into(), 1, Duration::from_secs(3600), 0);
+        l1.insert("z".into(), 1, Duration::ZERO, 0);
         assert_eq!(l1.get("z"), None);
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(l1.get("k"), None);
+    }
+
+    #[test]
+    fn a_new_epoch_hides_old_entries_and_refuses_late_fills() {
+        let l1 = TypedL1::<u8>::new(100, None);
+        let before = l1.epoch();
+        l1.insert("a".into(), 1, Duration::from_secs(60), before);
+        l1.new_epoch();
+        assert_eq!(l1.get("a"), None);
+        l1.insert("b".into(), 2, Duration::from_secs(60), before);
+        assert_eq!(l1.get("b"), None, "a fill that started before the bump");
+        l1.insert("c".into(), 3, Duration::from_secs(60), l1.epoch());
+        assert_eq!(l1.get("c"), Some(3));
     }
 }

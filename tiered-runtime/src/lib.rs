@@ -67,10 +67,13 @@
 #![deny(missing_docs)]
 
 mod breaker;
+mod bus;
 mod coalesce;
 pub mod codec;
 mod config;
 mod error;
+#[cfg(feature = "test-hooks")]
+pub mod hooks;
 pub mod key;
 mod l1;
 mod l2;

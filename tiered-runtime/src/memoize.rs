@@ -9,10 +9,13 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::coalesce::{Role, Shared, follow};
+use std::time::Duration;
+
+use crate::coalesce::{FlightGuard, Role, Shared, follow};
 use crate::codec;
 use crate::key::Key;
 use crate::l1::TypedL1;
+use crate::l2::{L2, ReadOrLease};
 use crate::runtime::{Runtime, with_current};
 use crate::site::Site;
 use crate::stats::Counters;
@@ -260,19 +263,16 @@ impl Runtime {
         Some(v)
     }
 
-    fn l1_insert<V: Clone + Send + Sync + 'static>(
-        &self,
-        site: &'static Site,
-        key: &Key,
-        v: V,
-        ttl: std::time::Duration,
-    ) {
-        if let Some(l1) = self.l1::<V>(site) {
-            l1.insert(key.as_str().to_owned(), v, ttl);
+    /// TTL of an L1 insert: the given one, capped by `degraded_l1_ttl` while Redis is
+    /// configured but the invalidation subscription is down.
+    fn l1_ttl(&self, ttl: Duration) -> Duration {
+        match self.inner.bus.as_ref() {
+            Some(bus) if !bus.is_up() => ttl.min(self.inner.config.degraded_l1_ttl),
+            _ => ttl,
         }
     }
 
-    /// The slow path: coalesce, read L2, run the body, fill.
+    /// The slow path: coalesce, read L2 (taking the fill lease on a miss), run the body, fill.
     async fn fill<K, F, Fut>(self, site: &'static Site, key: Key, body: F) -> K::Output
     where
         K: ReturnKind,
@@ -283,7 +283,7 @@ impl Runtime {
         let c = inner.stats.site(site);
         let tiers = site.options().tiers;
         let guard = loop {
-            match inner.flights.enter(key.as_str()) {
+            match inner.flights.enter(key.as_str(), site.name()) {
                 Role::Leader(guard) => break guard,
                 Role::Follower(rx) => {
                     Counters::bump(&c.coalesced_waits);
@@ -309,52 +309,50 @@ impl Runtime {
             }
         };
 
-        // Leader. A previous flight may have filled L1 between our lookup and `enter`.
-        if tiers.l1()
-            && let Some(v) = self.l1_get::<K::Value>(site, key.as_str())
-        {
-            guard.complete(Shared::Value(Arc::new(v.clone())));
+        // Leader. The L1 epoch is taken before anything is read: a gap or group invalidation
+        // after this point makes whatever this flight stores invisible.
+        let l1 = if tiers.l1() {
+            self.l1::<K::Value>(site)
+        } else {
+            None
+        };
+        let epoch = l1.map_or(0, TypedL1::epoch);
+        // A previous flight may have filled L1 between our lookup and `enter`.
+        if let Some(v) = l1.and_then(|l1| l1.get(key.as_str())) {
+            Counters::bump(&c.l1_hits);
+            guard.complete(Shared::Value(Arc::new(v.clone())), || {});
             return K::from_value(v);
         }
 
         let fingerprint = site.fingerprint::<K::Value>();
         let l2 = inner.l2.as_ref().filter(|_| tiers.l2());
+        let mut lease = None;
         if let Some(l2) = l2 {
-            match l2.get_with_ttl(key.as_str()).await {
-                Ok(Some((bytes, remaining))) => {
-                    match codec::decode::<K::Value>(
-                        fingerprint,
-                        &bytes,
-                        inner.config.max_value_bytes,
-                    ) {
-                        Ok(v) => {
-                            Counters::bump(&c.l2_hits);
-                            if tiers.l1() && self.should_promote(site) {
-                                let ttl = remaining
-                                    .map_or(site.options().ttl, |r| r.min(site.options().ttl));
-                                if !ttl.is_zero() {
-                                    self.l1_insert(site, &key, v.clone(), ttl);
-                                    Counters::bump(&c.promotions);
-                                }
-                            }
-                            guard.complete(Shared::Value(Arc::new(v.clone())));
-                            return K::from_value(v);
+            match self.read_l2::<K::Value>(l2, site, &key, fingerprint).await {
+                L2Read::Hit(v, remaining) => {
+                    Counters::bump(&c.l2_hits);
+                    #[cfg(feature = "test-hooks")]
+                    inner.hooks.promotion.pass().await;
+                    let promote = l1.filter(|_| self.should_promote(site));
+                    let ttl = remaining.map_or(site.options().ttl, |r| r.min(site.options().ttl));
+                    let mut promoted = false;
+                    let stored = guard.complete(Shared::Value(Arc::new(v.clone())), || {
+                        if let Some(l1) = promote
+                            && !ttl.is_zero()
+                        {
+                            l1.insert(key.as_str().to_owned(), v.clone(), self.l1_ttl(ttl), epoch);
+                            promoted = true;
                         }
-                        Err(e) => {
-                            Counters::bump(&c.decode_failures);
-                            if Site::first_time(&site.warned_decode) {
-                                tracing::warn!(
-                                    site = site.name(),
-                                    key_hash = %key_hash(&key),
-                                    reason = %e,
-                                    "tiered: bytes in Redis are not a valid value for this function; treating as a miss and overwriting (logged once per function)"
-                                );
-                            }
-                        }
+                    });
+                    if promoted {
+                        Counters::bump(&c.promotions);
+                    } else if promote.is_some() && !stored {
+                        Counters::bump(&c.fills_refused);
                     }
+                    return K::from_value(v);
                 }
-                Ok(None) => {}
-                Err(e) => e.count(c),
+                L2Read::Leased(l) => lease = Some(l),
+                L2Read::Compute => {}
             }
         }
 
@@ -363,45 +361,150 @@ impl Runtime {
         let out = body().await;
         match K::cached(&out) {
             Some(v) => {
-                if tiers.l1() {
-                    self.l1_insert(site, &key, v.clone(), site.options().ttl);
+                let mut keep = true;
+                if let (Some(l2), Some(lease)) = (l2, lease.take()) {
+                    keep = self.fill_l2(l2, site, &guard, lease, v, fingerprint).await;
                 }
-                if let Some(l2) = l2 {
-                    self.store(l2, site, &key, v, fingerprint).await;
+                let stored = guard.complete(Shared::Value(Arc::new(v.clone())), || {
+                    if keep && let Some(l1) = l1 {
+                        let ttl = self.l1_ttl(site.options().ttl);
+                        l1.insert(key.as_str().to_owned(), v.clone(), ttl, epoch);
+                    }
+                });
+                if keep && !stored {
+                    Counters::bump(&c.fills_refused);
                 }
-                guard.complete(Shared::Value(Arc::new(v.clone())));
             }
-            None => guard.complete(K::share(&out).map_or(Shared::Retry, Shared::Output)),
+            None => {
+                if let (Some(l2), Some(lease)) = (l2, lease.take()) {
+                    lease.release(l2, c).await;
+                }
+                guard.complete(K::share(&out).map_or(Shared::Retry, Shared::Output), || {});
+            }
         }
         out
     }
 
-    async fn store<V: Serialize>(
+    /// The leader's L2 read. One round trip reads the value and, when there is none, takes the
+    /// fill lease. Another process's lease means it is computing this key: poll (each poll is
+    /// the same round trip, so a lease that vanishes without a value is taken over) until its
+    /// value appears or `lease_wait` runs out. Any L2 failure (breaker open included) ends the
+    /// read at once: compute, without filling.
+    async fn read_l2<V: DeserializeOwned>(
         &self,
-        l2: &crate::l2::L2,
+        l2: &L2,
         site: &'static Site,
         key: &Key,
+        fingerprint: &[u8; 16],
+    ) -> L2Read<V> {
+        let inner = &*self.inner;
+        let c = inner.stats.site(site);
+        let l2_key = match self.l2_key(l2, site, key).await {
+            Ok(k) => k,
+            Err(e) => {
+                e.count(c);
+                return L2Read::Compute;
+            }
+        };
+        let lease = codec::lease(&token());
+        let cfg = &inner.config;
+        let mut deadline = None;
+        let mut delay = Duration::from_millis(5);
+        let mut deleted_foreign = false;
+        loop {
+            match l2.read_or_lease(&l2_key, &lease, cfg.lease_ttl).await {
+                Err(e) => {
+                    e.count(c);
+                    return L2Read::Compute;
+                }
+                Ok(ReadOrLease::Leased) => {
+                    return L2Read::Leased(Lease::new(self.clone(), l2_key, lease));
+                }
+                Ok(ReadOrLease::Value(bytes, remaining)) => {
+                    match codec::decode::<V>(fingerprint, &bytes, cfg.max_value_bytes) {
+                        Ok(v) => return L2Read::Hit(v, remaining),
+                        Err(e) => {
+                            Counters::bump(&c.decode_failures);
+                            if Site::first_time(&site.warned_decode) {
+                                tracing::warn!(
+                                    site = site.name(),
+                                    key_hash = %key_hash(key),
+                                    reason = %e,
+                                    "tiered: bytes in Redis are not a valid value for this function; treating as a miss and overwriting (logged once per function)"
+                                );
+                            }
+                            // Remove them and take the lease on the next round trip (once).
+                            if deleted_foreign {
+                                return L2Read::Compute;
+                            }
+                            deleted_foreign = true;
+                            if let Err(e) = l2.del(&l2_key).await {
+                                e.count(c);
+                                return L2Read::Compute;
+                            }
+                        }
+                    }
+                }
+                Ok(ReadOrLease::Busy) => {
+                    let now = tokio::time::Instant::now();
+                    let until = *deadline.get_or_insert_with(|| {
+                        Counters::bump(&c.lease_waits);
+                        now + cfg.lease_wait
+                    });
+                    if now >= until {
+                        Counters::bump(&c.lease_timeouts);
+                        return L2Read::Compute;
+                    }
+                    tokio::time::sleep(delay.min(until - now)).await;
+                    delay = (delay * 2).min(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    /// Writes the computed value over our lease. `false` when the value must not be kept in
+    /// L1 either: the flight was invalidated, or the lease was gone (deleted by an
+    /// invalidation, or expired) so the fill was refused.
+    async fn fill_l2<V: Serialize>(
+        &self,
+        l2: &L2,
+        site: &'static Site,
+        guard: &FlightGuard<'_>,
+        lease: Lease,
         v: &V,
         fingerprint: &[u8; 16],
-    ) {
+    ) -> bool {
         let c = self.inner.stats.site(site);
+        if guard.poisoned() {
+            lease.release(l2, c).await;
+            return false;
+        }
         match codec::encode(fingerprint, v) {
             Ok(bytes) if bytes.len() <= self.inner.config.max_value_bytes => {
-                match l2.set(key.as_str(), &bytes, site.options().ttl).await {
-                    Ok(()) => Counters::bump(&c.l2_writes),
-                    Err(e) => e.count(c),
+                match lease.fill(l2, &bytes, site.options().ttl).await {
+                    Ok(true) => {
+                        Counters::bump(&c.l2_writes);
+                        true
+                    }
+                    Ok(false) => {
+                        Counters::bump(&c.fills_refused);
+                        false
+                    }
+                    Err(e) => {
+                        e.count(c);
+                        true
+                    }
                 }
             }
             other => {
-                // Too large (or not serializable): keep it out of Redis, and make sure that no
-                // older value for the key stays there either.
+                // Too large (or not serializable): keep it out of Redis; the key held only our
+                // lease, which goes.
                 Counters::bump(&c.oversize_skips);
                 if let Err(e) = other {
                     tracing::debug!(site = site.name(), error = %e, "tiered: value could not be encoded for L2");
                 }
-                if let Err(e) = l2.del(key.as_str()).await {
-                    e.count(c);
-                }
+                lease.release(l2, c).await;
+                true
             }
         }
     }
@@ -415,6 +518,77 @@ impl Runtime {
     }
 }
 
+/// What the leader's L2 read decided.
+enum L2Read<V> {
+    /// A value, with the remaining TTL of its key.
+    Hit(V, Option<Duration>),
+    /// Nothing there: we hold the fill lease.
+    Leased(Lease),
+    /// Compute without filling (L2 unavailable, or another process's lease outlasted
+    /// `lease_wait`).
+    Compute,
+}
+
+/// A fill lease we hold in Redis. Dropped without [`fill`](Self::fill) or
+/// [`release`](Self::release) (the leader was cancelled or panicked), it is released in the
+/// background so that other processes need not wait for `lease_ttl`.
+struct Lease {
+    rt: Option<Runtime>,
+    key: String,
+    bytes: Vec<u8>,
+}
+
+impl Lease {
+    fn new(rt: Runtime, key: String, bytes: Vec<u8>) -> Lease {
+        Lease {
+            rt: Some(rt),
+            key,
+            bytes,
+        }
+    }
+
+    async fn fill(
+        mut self,
+        l2: &L2,
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, crate::l2::L2Error> {
+        self.rt = None;
+        l2.fill(&self.key, &self.bytes, value, ttl).await
+    }
+
+    async fn release(mut self, l2: &L2, c: &Counters) {
+        self.rt = None;
+        if let Err(e) = l2.release(&self.key, &self.bytes).await {
+            e.count(c);
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let key = std::mem::take(&mut self.key);
+            let bytes = std::mem::take(&mut self.bytes);
+            handle.spawn(async move {
+                if let Some(l2) = rt.inner.l2.as_ref() {
+                    let _ = l2.release(&key, &bytes).await;
+                }
+            });
+        }
+    }
+}
+
+/// A fresh lease token: 16 random bytes (per-thread xorshift seeded from the OS hasher).
+fn token() -> [u8; 16] {
+    let mut t = [0u8; 16];
+    t[..8].copy_from_slice(&next_random().to_le_bytes());
+    t[8..].copy_from_slice(&next_random().to_le_bytes());
+    t
+}
+
 /// A short, stable hash of a key for logs (keys may carry user data).
 pub(crate) fn key_hash(key: &Key) -> String {
     let fp = codec::fingerprint(key.as_str(), 0);
@@ -423,6 +597,14 @@ pub(crate) fn key_hash(key: &Key) -> String {
 
 /// `true` with probability 1/`n` (thread-local xorshift; `n <= 1` is always `true`).
 pub(crate) fn one_in(n: u32) -> bool {
+    if n <= 1 {
+        return true;
+    }
+    next_random().is_multiple_of(u64::from(n))
+}
+
+/// The next value of a thread-local xorshift generator (not cryptographic).
+fn next_random() -> u64 {
     use std::cell::Cell;
     thread_local! {
         static STATE: Cell<u64> = Cell::new({
@@ -430,15 +612,12 @@ pub(crate) fn one_in(n: u32) -> bool {
             std::collections::hash_map::RandomState::new().hash_one(std::thread::current().id()) | 1
         });
     }
-    if n <= 1 {
-        return true;
-    }
     STATE.with(|s| {
         let mut x = s.get();
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         s.set(x);
-        x % u64::from(n) == 0
+        x
     })
 }

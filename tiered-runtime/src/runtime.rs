@@ -6,6 +6,7 @@ use std::fmt::Display;
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::bus::{Action, Bus, FlushReason, Generations};
 use crate::coalesce::Flights;
 use crate::config::{Builder, Config};
 use crate::error::{Error, Result};
@@ -13,7 +14,7 @@ use crate::key::Key;
 use crate::l1::TypedL1;
 use crate::l2::L2;
 use crate::site::Site;
-use crate::stats::{SiteTable, Stats};
+use crate::stats::{Counters, SiteTable, Stats};
 
 tokio::task_local! {
     static CURRENT: Runtime;
@@ -63,6 +64,11 @@ pub(crate) struct Inner {
     templates: Mutex<HashMap<&'static str, &'static str>>,
     pub(crate) flights: Flights,
     pub(crate) stats: Arc<SiteTable>,
+    /// The invalidation bus (with Redis only).
+    pub(crate) bus: Option<Bus>,
+    pub(crate) generations: Generations,
+    #[cfg(feature = "test-hooks")]
+    pub(crate) hooks: crate::hooks::Hooks,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -81,14 +87,51 @@ impl Runtime {
 
     pub(crate) async fn from_config(config: Config) -> Result<Runtime> {
         let stats = Arc::new(SiteTable::new());
-        let l2 = match &config.redis {
-            Some(target) => Some(L2::start(target, &config, stats.clone()).await?),
-            None => None,
+        let Some(target) = config.redis.clone() else {
+            return Ok(Self::assemble(config, None, None, stats));
         };
-        Ok(Self::assemble(config, l2, stats))
+        let l2 = L2::start(&target, &config, stats.clone()).await?;
+        let channel = crate::bus::channel(&config.namespace, target.db);
+        // The subscription is confirmed before `build()` returns, so no invalidation sent
+        // after that is missed. Unreachable Redis: degraded start, the task subscribes later.
+        let initial = if l2.is_connected() {
+            match crate::bus::subscribe(&target.client, &channel, config.connect_timeout).await {
+                Ok(ps) => Some(ps),
+                Err(e) if crate::l2::is_auth(&e) => {
+                    return Err(Error::Auth {
+                        addr: target.addr.clone(),
+                        detail: format!("SUBSCRIBE {channel} refused: {}", crate::l2::describe(&e)),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::l2::describe(&e), "tiered: could not subscribe to invalidations at startup; L1 entries live at most degraded_l1_ttl until the subscription is up");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let bus = Bus::new(
+            &config.namespace,
+            target.db,
+            config.bus_queue,
+            initial.is_some(),
+        );
+        if initial.is_some() {
+            Counters::bump(&stats.runtime().bus_subscribes);
+        }
+        let capacity = config.bus_queue;
+        let rt = Self::assemble(config, Some(l2), Some(bus), stats);
+        crate::bus::spawn(Arc::downgrade(&rt.inner), initial, capacity);
+        Ok(rt)
     }
 
-    fn assemble(config: Config, l2: Option<L2>, stats: Arc<SiteTable>) -> Runtime {
+    fn assemble(
+        config: Config,
+        l2: Option<L2>,
+        bus: Option<Bus>,
+        stats: Arc<SiteTable>,
+    ) -> Runtime {
         Runtime {
             inner: Arc::new(Inner {
                 templates: Mutex::new(HashMap::new()),
@@ -96,8 +139,18 @@ impl Runtime {
                 l2,
                 flights: Flights::new(),
                 stats,
+                bus,
+                generations: Generations::default(),
+                #[cfg(feature = "test-hooks")]
+                hooks: crate::hooks::Hooks::default(),
             }),
         }
+    }
+
+    /// The pause points of this runtime (feature `test-hooks`, for tests only).
+    #[cfg(feature = "test-hooks")]
+    pub fn hooks(&self) -> &crate::hooks::Hooks {
+        &self.inner.hooks
     }
 
     fn embedded_default() -> Runtime {
@@ -106,7 +159,7 @@ impl Runtime {
              (call tiered::Runtime::builder()…install() at start-up to configure Redis)"
         );
         let config = Builder::defaults();
-        Self::assemble(config, None, Arc::new(SiteTable::new()))
+        Self::assemble(config, None, None, Arc::new(SiteTable::new()))
     }
 
     /// The runtime memoized calls would use here: scoped, else installed, else the embedded
@@ -142,6 +195,8 @@ impl Runtime {
             l1_entries: self.inner.stats.l1s().map(|l1| l1.entry_count()).sum(),
             l2_configured: self.inner.l2.is_some(),
             l2_connected: self.inner.l2.as_ref().is_some_and(L2::is_connected),
+            subscribed: self.inner.bus.as_ref().is_some_and(Bus::is_up),
+            bus_queue_peak: self.inner.bus.as_ref().map_or(0, Bus::queue_peak),
         }
     }
 
@@ -202,27 +257,168 @@ impl Runtime {
 
     async fn invalidate_key(&self, site: &'static Site, key: Key) -> Result<()> {
         let inner = &*self.inner;
-        let slot = inner.stats.slot(site);
-        if let Some(l1) = slot.l1.get() {
-            l1.remove(key.as_str());
-        }
-        let c = &slot.counters;
-        crate::stats::Counters::bump(&c.invalidations_sent);
-        match inner.l2.as_ref().filter(|_| site.options().tiers.l2()) {
-            Some(l2) => l2.del(key.as_str()).await.map_err(|e| {
-                e.count(c);
-                e.into_error("del", l2.timeout())
-            }),
-            None => Ok(()),
-        }
+        let c = inner.stats.site(site);
+        Counters::bump(&c.invalidations_sent);
+        self.evict_local(site.name(), key.as_str());
+        let (Some(l2), Some(bus)) = (inner.l2.as_ref(), inner.bus.as_ref()) else {
+            return Ok(());
+        };
+        let l2_key = if site.options().tiers.l2() {
+            match self.l2_key(l2, site, &key).await {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    Counters::bump(&c.invalidations_failed);
+                    e.count(c);
+                    return Err(e.into_error("invalidate", l2.timeout()));
+                }
+            }
+        } else {
+            None
+        };
+        let message = bus.message(Action::Keys {
+            site: site.name().to_owned(),
+            keys: vec![key.as_str().to_owned()],
+        });
+        let result = l2
+            .del_and_publish(l2_key.as_deref(), bus.channel(), &message)
+            .await;
+        // Again after the delete: a flight that started between the first eviction and the
+        // DEL may have read the old value from Redis.
+        self.evict_local(site.name(), key.as_str());
+        result.map_err(|e| {
+            Counters::bump(&c.invalidations_failed);
+            e.count(c);
+            e.into_error("invalidate", l2.timeout())
+        })
     }
 
-    /// Removes every entry from this runtime's L1.
-    pub fn flush_l1(&self) {
-        for l1 in self.inner.stats.l1s() {
-            l1.flush();
+    /// Invalidates every entry of `site` (the generated `invalidate_all_<fn>()`): its
+    /// generation in Redis is incremented (so every older key of the site becomes unreachable
+    /// without a `SCAN`; old keys expire with their TTL), this runtime's L1 of the site is
+    /// dropped, and the new generation is announced to the other instances.
+    pub async fn invalidate_site(&self, site: &'static Site) -> Result<()> {
+        let c = self.inner.stats.site(site);
+        Counters::bump(&c.invalidations_sent);
+        let ns = &self.inner.config.namespace;
+        let result = self
+            .bump_generation(
+                &crate::bus::site_generation_key(ns, site.name()),
+                |generation| Action::Site {
+                    site: site.name().to_owned(),
+                    generation,
+                },
+            )
+            .await;
+        // After the new generation is known locally: flights that started before it are
+        // poisoned, later ones read the new keys.
+        self.drop_site(Some(site.name()));
+        result.inspect_err(|_| Counters::bump(&c.invalidations_failed))
+    }
+
+    /// Invalidates every entry of every function in this runtime's namespace, in every
+    /// instance: the namespace's generation in Redis is incremented, L1 is flushed, and the new
+    /// generation is announced. Without Redis, flushes L1.
+    pub async fn invalidate_all(&self) -> Result<()> {
+        let c = self.inner.stats.runtime();
+        Counters::bump(&c.invalidations_sent);
+        let key = crate::bus::namespace_generation_key(&self.inner.config.namespace);
+        let result = self
+            .bump_generation(&key, |generation| Action::All { generation })
+            .await;
+        self.flush(FlushReason::Manual);
+        result.inspect_err(|_| Counters::bump(&c.invalidations_failed))
+    }
+
+    /// `INCR` of a generation key, recorded locally, then announced.
+    async fn bump_generation(&self, key: &str, action: impl FnOnce(u64) -> Action) -> Result<()> {
+        let (Some(l2), Some(bus)) = (self.inner.l2.as_ref(), self.inner.bus.as_ref()) else {
+            return Ok(());
+        };
+        let generation = l2
+            .incr(key)
+            .await
+            .map_err(|e| e.into_error("invalidate", l2.timeout()))?;
+        let action = action(generation);
+        match &action {
+            Action::Site { site, generation } => self.inner.generations.set_site(site, *generation),
+            Action::All { generation } => self.inner.generations.set_namespace(*generation),
+            Action::Keys { .. } => {}
         }
-        crate::stats::Counters::bump(&self.inner.stats.runtime().l1_flushes);
+        let message = bus.message(action);
+        l2.del_and_publish(None, bus.channel(), &message)
+            .await
+            .map_err(|e| e.into_error("invalidate", l2.timeout()))
+    }
+
+    /// The Redis key of `key`: the key itself while the namespace's and the site's generations
+    /// are 0, else followed by `:~g{namespace}.{site}` (a `:` never comes from a value, since
+    /// values encode it). Reads the generations from Redis when they are not known (one round
+    /// trip, once per site and subscription).
+    pub(crate) async fn l2_key(
+        &self,
+        l2: &L2,
+        site: &'static Site,
+        key: &Key,
+    ) -> std::result::Result<String, crate::l2::L2Error> {
+        let gens = &self.inner.generations;
+        let (ns, sg) = match gens.get(site.name()) {
+            Ok(g) => g,
+            Err(era) => {
+                let namespace = &self.inner.config.namespace;
+                let (ns, sg) = l2
+                    .get_two(
+                        &crate::bus::namespace_generation_key(namespace),
+                        &crate::bus::site_generation_key(namespace, site.name()),
+                    )
+                    .await?;
+                gens.learn(era, site.name(), ns, sg);
+                (ns, sg)
+            }
+        };
+        Ok(if ns == 0 && sg == 0 {
+            key.as_str().to_owned()
+        } else {
+            format!("{}:~g{ns}.{sg}", key.as_str())
+        })
+    }
+
+    /// Evicts `key` from the L1 of the site(s) named `site` and detaches its flight.
+    pub(crate) fn evict_local(&self, site: &str, key: &str) {
+        self.inner.flights.invalidate_key(key, || {
+            for (s, slot) in self.inner.stats.slots() {
+                if s.name() == site
+                    && let Some(l1) = slot.l1.get()
+                {
+                    l1.remove(key);
+                }
+            }
+        });
+    }
+
+    /// Starts a new L1 epoch for the site(s) named `site` (every site when `None`) and
+    /// detaches their flights.
+    pub(crate) fn drop_site(&self, site: Option<&str>) {
+        self.inner.flights.invalidate_site(site, || {
+            for (s, slot) in self.inner.stats.slots() {
+                if site.is_none_or(|name| name == s.name())
+                    && let Some(l1) = slot.l1.get()
+                {
+                    l1.new_epoch();
+                }
+            }
+        });
+    }
+
+    /// Drops every L1 entry and every flight's right to store (see [`FlushReason`]).
+    pub(crate) fn flush(&self, reason: FlushReason) {
+        self.drop_site(None);
+        reason.count(self.inner.stats.runtime());
+    }
+
+    /// Removes every entry from this runtime's L1 (this instance only; see
+    /// [`invalidate_all`](Self::invalidate_all) for every instance).
+    pub fn flush_l1(&self) {
+        self.flush(FlushReason::Manual);
     }
 }
 

@@ -67,10 +67,32 @@ counters! {
     oversize_skips,
     /// Keys invalidated by this runtime.
     invalidations_sent,
-    /// Invalidations received from other instances.
+    /// Invalidations received from other instances (messages applied).
     invalidations_received,
-    /// Times L1 was flushed as a whole.
+    /// Invalidations whose Redis part (delete, generation increment or publish) failed; the
+    /// caller got an `Err`.
+    invalidations_failed,
+    /// Times L1 was flushed as a whole, for any reason (the reasons follow).
     l1_flushes,
+    /// … because the invalidation subscription was lost.
+    l1_flushes_disconnect,
+    /// … because a (re)subscription came up (entries written without one are dropped).
+    l1_flushes_subscribed,
+    /// … because a message from a known origin was missing.
+    l1_flushes_sequence_gap,
+    /// … because the invalidation handler's queue was full.
+    l1_flushes_overflow,
+    /// Computed or promoted values not stored because an invalidation hit their key while they
+    /// were in flight (or their Redis lease was gone at fill time).
+    fills_refused,
+    /// Flights that found another process's lease and waited for its fill.
+    lease_waits,
+    /// Lease waits that ran out (`lease_wait`): the caller computed without filling.
+    lease_timeouts,
+    /// Invalidation subscriptions established (the first one and every resubscription).
+    bus_subscribes,
+    /// Messages on the invalidation channel that were not ours (ignored).
+    bus_bad_messages,
     /// Sites that share their key template with a site of another value type (reported once).
     type_conflicts,
     /// Circuit breaker transitions (closed→open, open→half-open→closed …).
@@ -111,6 +133,10 @@ pub struct Stats {
     pub l2_configured: bool,
     /// Whether a Redis connection is up right now.
     pub l2_connected: bool,
+    /// Whether the invalidation subscription is up right now (always `false` without Redis).
+    pub subscribed: bool,
+    /// Largest number of received invalidations that waited in the handler queue.
+    pub bus_queue_peak: usize,
 }
 
 impl Stats {
@@ -174,6 +200,16 @@ impl SiteTable {
         let slot = &chunk[i % CHUNK];
         slot.site.get_or_init(|| site);
         slot
+    }
+
+    /// Every site used in this runtime with its state.
+    pub(crate) fn slots(&self) -> impl Iterator<Item = (&'static Site, &Slot)> {
+        self.chunks
+            .iter()
+            .filter_map(OnceLock::get)
+            .flat_map(|c| c.iter())
+            .chain(std::iter::once(&self.overflow))
+            .filter_map(|slot| slot.site.get().map(|site| (*site, slot)))
     }
 
     /// Every L1 that exists.

@@ -75,6 +75,30 @@ pub(crate) fn is_auth(e: &redis::RedisError) -> bool {
     ) || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
 }
 
+/// What the first round trip of a miss found.
+pub(crate) enum ReadOrLease {
+    /// Bytes (not a lease) and the remaining TTL (`None`: no expiry).
+    Value(Vec<u8>, Option<Duration>),
+    /// Nothing was there; the lease is now ours.
+    Leased,
+    /// Another process holds the lease.
+    Busy,
+}
+
+/// A PTTL reply as a remaining lifetime (`None`: the key has no expiry).
+fn remaining(pttl: i64) -> Option<Duration> {
+    match pttl {
+        -1 => None,
+        ms if ms < 0 => Some(Duration::ZERO),
+        ms => Some(Duration::from_millis(ms.unsigned_abs())),
+    }
+}
+
+/// A duration as Redis milliseconds (at least 1).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 enum Backend {
     Single(Arc<Single>),
 }
@@ -119,31 +143,101 @@ impl L2 {
         }
     }
 
-    /// `GET` and `PTTL` of `key`, pipelined: one round trip. The duration is the remaining TTL
-    /// (`None`: the key has no expiry).
-    pub(crate) async fn get_with_ttl(
+    /// The miss path's first round trip: `GET`, `PTTL` and `SET key lease NX PX lease_ttl`,
+    /// pipelined. The `SET NX` is a no-op when the key exists, so a hit costs the same one round
+    /// trip; on a miss it takes the fill lease in that same round trip.
+    pub(crate) async fn read_or_lease(
         &self,
         key: &str,
-    ) -> Result<Option<(Vec<u8>, Option<Duration>)>, L2Error> {
+        lease: &[u8],
+        lease_ttl: Duration,
+    ) -> Result<ReadOrLease, L2Error> {
         let mut p = redis::pipe();
         p.cmd("GET").arg(key).cmd("PTTL").arg(key);
-        let (value, pttl): (Option<Vec<u8>>, i64) = self.exec(&p).await?;
-        Ok(value.map(|v| {
-            let ttl = match pttl {
-                -1 => None,
-                ms if ms < 0 => Some(Duration::ZERO),
-                ms => Some(Duration::from_millis(ms.unsigned_abs())),
-            };
-            (v, ttl)
-        }))
+        p.cmd("SET")
+            .arg(key)
+            .arg(lease)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(lease_ttl));
+        let (value, pttl, set): (Option<Vec<u8>>, i64, Option<String>) = self.exec(&p).await?;
+        Ok(match value {
+            Some(v) if crate::codec::is_lease(&v) => ReadOrLease::Busy,
+            Some(v) => ReadOrLease::Value(v, remaining(pttl)),
+            None if set.is_some() => ReadOrLease::Leased,
+            // Another process took the lease between our GET and SET.
+            None => ReadOrLease::Busy,
+        })
     }
 
-    /// `SET key value PX ttl`.
-    pub(crate) async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), L2Error> {
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+    /// Replaces the lease `lease` under `key` with `value` (PX `ttl`), atomically, only while the
+    /// lease is still there: an invalidation's `DEL` (or the lease's expiry) in between makes
+    /// this a refused fill (`Ok(false)`).
+    pub(crate) async fn fill(
+        &self,
+        key: &str,
+        lease: &[u8],
+        value: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, L2Error> {
+        const FILL: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+            redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end return 0";
         let mut p = redis::pipe();
-        p.cmd("SET").arg(key).arg(value).arg("PX").arg(ms).ignore();
+        p.cmd("EVAL")
+            .arg(FILL)
+            .arg(1)
+            .arg(key)
+            .arg(lease)
+            .arg(value)
+            .arg(millis(ttl));
+        let (filled,): (i64,) = self.exec(&p).await?;
+        Ok(filled == 1)
+    }
+
+    /// Deletes `key` if it still holds `lease` (a leader with nothing to store).
+    pub(crate) async fn release(&self, key: &str, lease: &[u8]) -> Result<(), L2Error> {
+        const RELEASE: &str =
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0";
+        let mut p = redis::pipe();
+        p.cmd("EVAL")
+            .arg(RELEASE)
+            .arg(1)
+            .arg(key)
+            .arg(lease)
+            .ignore();
         self.exec::<()>(&p).await
+    }
+
+    /// `DEL key` (when given) then `PUBLISH channel message`, pipelined: one round trip, and the
+    /// delete is done before any receiver can act on the message.
+    pub(crate) async fn del_and_publish(
+        &self,
+        key: Option<&str>,
+        channel: &str,
+        message: &[u8],
+    ) -> Result<(), L2Error> {
+        let mut p = redis::pipe();
+        if let Some(key) = key {
+            p.cmd("DEL").arg(key).ignore();
+        }
+        p.cmd("PUBLISH").arg(channel).arg(message).ignore();
+        self.exec::<()>(&p).await
+    }
+
+    /// `INCR key`: the new value.
+    pub(crate) async fn incr(&self, key: &str) -> Result<u64, L2Error> {
+        let mut p = redis::pipe();
+        p.cmd("INCR").arg(key);
+        let (n,): (u64,) = self.exec(&p).await?;
+        Ok(n)
+    }
+
+    /// `MGET` of two integer keys (absent = 0).
+    pub(crate) async fn get_two(&self, a: &str, b: &str) -> Result<(u64, u64), L2Error> {
+        let mut p = redis::pipe();
+        p.cmd("MGET").arg(a).arg(b);
+        let ((x, y),): ((Option<u64>, Option<u64>),) = self.exec(&p).await?;
+        Ok((x.unwrap_or(0), y.unwrap_or(0)))
     }
 
     /// `DEL key`.

@@ -103,6 +103,16 @@ impl Single {
         p.cmd("SET").arg(&key).arg("1").arg("PX").arg(1000).ignore();
         p.cmd("GET").arg(&key).ignore();
         p.cmd("PTTL").arg(&key).ignore();
+        p.cmd("MGET").arg(&key).arg(&key).ignore();
+        // The fill and release scripts run GET, SET and DEL on our keys.
+        p.cmd("EVAL")
+            .arg("redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], '1', 'PX', 1000) return 0")
+            .arg(1)
+            .arg(&key)
+            .ignore();
+        p.cmd("DEL").arg(&key).ignore();
+        // Generations are counters.
+        p.cmd("INCR").arg(&key).ignore();
         p.cmd("DEL").arg(&key).ignore();
         let mut conn = conn.clone();
         match tokio::time::timeout(self.connect_timeout, p.query_async::<()>(&mut conn)).await {

@@ -1,0 +1,77 @@
+//! Pause points inside the runtime for deterministic tests (feature `test-hooks`, never part of
+//! a default build).
+//!
+//! A [`Gate`] is open by default. A test closes it, lets the runtime reach it (waiting with
+//! [`Gate::wait_reached`], never sleeping), acts (an invalidation, a message), then opens it.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tokio::sync::Notify;
+
+/// One pause point.
+#[derive(Debug, Default)]
+pub struct Gate {
+    closed: AtomicBool,
+    reached: AtomicUsize,
+    arrived: Notify,
+    opened: Notify,
+}
+
+impl Gate {
+    /// Makes tasks that reach the gate wait until [`open`](Self::open).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Releases every waiting task and lets later ones through.
+    pub fn open(&self) {
+        self.closed.store(false, Ordering::SeqCst);
+        self.opened.notify_waiters();
+    }
+
+    /// Tasks that have arrived at the gate while it was closed, since it was created.
+    pub fn reached(&self) -> usize {
+        self.reached.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `n` tasks have arrived at the closed gate in total.
+    pub async fn wait_reached(&self, n: usize) {
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if self.reached() >= n {
+                return;
+            }
+            arrived.await;
+        }
+    }
+
+    pub(crate) async fn pass(&self) {
+        if !self.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let opened = self.opened.notified();
+        tokio::pin!(opened);
+        opened.as_mut().enable();
+        self.reached.fetch_add(1, Ordering::SeqCst);
+        self.arrived.notify_waiters();
+        loop {
+            if !self.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            opened.as_mut().await;
+            opened.set(self.opened.notified());
+            opened.as_mut().enable();
+        }
+    }
+}
+
+/// The pause points of one runtime ([`Runtime::hooks`](crate::Runtime::hooks)).
+#[derive(Debug, Default)]
+pub struct Hooks {
+    /// After an L2 hit was decoded, before it is promoted to L1 and handed to followers.
+    pub promotion: Gate,
+    /// In the invalidation handler, before a received message is applied.
+    pub handler: Gate,
+}
