@@ -16,6 +16,9 @@
 //!    raw `GET` alone.
 //! 3. **Miss**: a distinct key per call, the body returns at once, versus raw `GET` + `SET … PX`
 //!    of the MessagePack-encoded value.
+//! 4. **Invalidation propagation**: runtime A calls `invalidate`; the time until runtime B (same
+//!    Redis, subscribed) has applied the message, p50 and p99 over many invalidations, versus a
+//!    raw redis-rs `PUBLISH` → `PubSub` receive on the same server.
 //!
 //! Each measurement calibrates an iteration count from a per-round time budget, warms up, then
 //! alternates the two sides over several rounds of that many iterations and keeps the median
@@ -655,6 +658,81 @@ fn redis_cases(plan: &Plan, server: &RedisServer, rows: &mut Vec<Row>) {
     });
 }
 
+/// Case 4: invalidation propagation A → B, and a raw PUBLISH → subscriber for reference.
+fn propagation(plan: &Plan, server: &RedisServer) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let url = server.url();
+    let n = if plan.quick { 200 } else { 2000 };
+    rt.block_on(async move {
+        let build = || {
+            Runtime::builder()
+                .namespace("prop")
+                .redis_url(url.as_str())
+                .build()
+        };
+        let a = build().await.expect("runtime A");
+        let b = build().await.expect("runtime B");
+        let mut tiered_lat = Vec::with_capacity(n);
+        for i in 0..n as u64 {
+            let id = i % 16;
+            b.scope(memoize::<Plain<User>, _, _>(&L2_USER, &[&id], || async move { user(id) }))
+                .await;
+            let before = b.stats().total.invalidations_received;
+            let start = Instant::now();
+            a.invalidate(&L2_USER, &[&id]).await.expect("invalidate");
+            while b.stats().total.invalidations_received == before {
+                if start.elapsed() > Duration::from_secs(5) {
+                    panic!("B did not receive an invalidation within 5 s");
+                }
+                tokio::task::yield_now().await;
+            }
+            tiered_lat.push(start.elapsed());
+        }
+
+        let client = redis::Client::open(url.as_str()).expect("client");
+        let mut publisher = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("publisher");
+        let mut sub = client.get_async_pubsub().await.expect("subscriber");
+        sub.subscribe("raw-propagation").await.expect("subscribe");
+        let mut stream = sub.into_on_message();
+        let mut raw_lat = Vec::with_capacity(n);
+        for i in 0..n {
+            let start = Instant::now();
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg("raw-propagation")
+                .arg(i)
+                .query_async(&mut publisher)
+                .await
+                .expect("publish");
+            let next = std::future::poll_fn(|cx| {
+                futures_core::Stream::poll_next(std::pin::Pin::new(&mut stream), cx)
+            });
+            next.await.expect("message");
+            raw_lat.push(start.elapsed());
+        }
+        let pct = |v: &mut Vec<Duration>, p: usize| {
+            v.sort();
+            v[(v.len() * p / 100).min(v.len() - 1)]
+        };
+        let (t50, t99) = (pct(&mut tiered_lat, 50), pct(&mut tiered_lat, 99));
+        let (r50, r99) = (pct(&mut raw_lat, 50), pct(&mut raw_lat, 99));
+        println!(
+            "invalidation propagation A -> B over {n} invalidations: p50 {t50:?}, p99 {t99:?} \
+             (invalidate = evict + DEL + PUBLISH, B applies); raw PUBLISH -> subscriber: p50 {r50:?}, \
+             p99 {r99:?}; ratio p50 {:.2}x",
+            t50.as_secs_f64() / r50.as_secs_f64().max(1e-9)
+        );
+        drop(a);
+        drop(b);
+    });
+}
+
 fn main() {
     let plan = Plan::from_env();
     println!(
@@ -680,6 +758,7 @@ fn main() {
                 server.port
             );
             redis_cases(&plan, &server, &mut rows);
+            propagation(&plan, &server);
             drop(server);
         }
         Spawn::NotInstalled => println!(

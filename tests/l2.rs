@@ -618,6 +618,7 @@ async fn invalidate_reports_an_unreachable_redis_but_still_evicts_locally() {
     redis.kill();
     let r = rt.invalidate(&USER, &[&4u64]).await;
     assert!(r.is_err(), "remote part failed and is reported: {r:?}");
+    assert_eq!(rt.stats().total.invalidations_failed, 1, "and counted");
     rt.scope(get_user(4, &calls)).await;
     assert_eq!(calls.get(), 2, "the local eviction happened anyway");
 }

@@ -329,6 +329,7 @@ impl Runtime {
             }
         };
         if msg.origin == bus.instance {
+            Counters::bump(&c.bus_own_messages);
             return;
         }
         if let Some(prev) = origins.insert(msg.origin, msg.seq)

@@ -47,7 +47,8 @@ impl Gate {
         }
     }
 
-    pub(crate) async fn pass(&self) {
+    /// Waits here while the gate is closed (used by the runtime; tests may use it in bodies).
+    pub async fn pass(&self) {
         if !self.closed.load(Ordering::SeqCst) {
             return;
         }

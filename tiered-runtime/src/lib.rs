@@ -51,9 +51,9 @@
 //! * **Two functions sharing a key template** with different return types keep separate L1s;
 //!   in Redis they would read each other's entries as decode failures, so the collision is
 //!   reported once at ERROR and counted in `type_conflicts`.
-//! * **L2 reads** are one round trip (`GET` + `PTTL` pipelined); a miss adds one `SET … PX`.
-//!   Oversized values are not written, and the key is deleted instead so that an older value
-//!   cannot linger. Every L2 operation is bounded by `l2_timeout`; a breaker opens after
+//! * **L2 reads** are one round trip (`GET` + `PTTL` + `SET NX PX` of a fill lease, pipelined);
+//!   a miss adds one fill script that replaces our lease with the value. Oversized values are
+//!   not written (our lease is released instead). Every L2 operation is bounded by `l2_timeout`; a breaker opens after
 //!   `breaker_threshold` consecutive connectivity failures (server refusals such as `OOM` do
 //!   not count) and lets one probe through after `breaker_cooldown`.
 //! * **Connections.** Requests never wait for a reconnect: with no connection they skip L2 at
@@ -63,7 +63,17 @@
 //! * **Corrupt or foreign bytes** under a key are a miss: recompute, overwrite, count
 //!   `decode_failures`, WARN once per site (key hash only, never the value).
 //! * **Keys**: see [`key`]; namespace characters are restricted so that namespaces never
-//!   collide.
+//!   collide. Once a function's or the namespace's generation is non-zero (after
+//!   `invalidate_all_<fn>()` / [`Runtime::invalidate_all`]), L2 keys end in `:~g{ns}.{fn}`;
+//!   values encode `:`, so only a template whose literal tail spells that could collide.
+//! * **Coherence** (DESIGN §5): the invalidation bus, L1 epochs, poisoned flights and Redis
+//!   leases are described in the `bus`, `l1` and `coalesce` module sources and in the README's
+//!   "Coherence across instances". Invalidation = evict L1, `DEL` + `PUBLISH` (one pipeline),
+//!   evict L1 again (a flight that read Redis between the first eviction and the `DEL` is
+//!   caught by the second). Group invalidation first increments the generation, then drops the
+//!   L1, so no flight can re-fill it from an old key.
+//! * **Feature `test-hooks`** (off by default) adds [`Runtime::hooks`](crate::Runtime) pause
+//!   points for deterministic tests; never enable it in production.
 #![deny(missing_docs)]
 
 mod breaker;

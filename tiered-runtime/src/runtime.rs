@@ -241,11 +241,14 @@ impl Runtime {
     }
 
     /// Invalidates the entry `site` renders for `args`: evicts it from this runtime's L1, then
-    /// deletes it in Redis (when configured and the site uses L2).
+    /// (with Redis) deletes it in Redis and publishes the invalidation in the same round trip,
+    /// so that every other instance evicts it from its L1, then evicts it locally once more. A
+    /// computation of the key in flight anywhere stores nothing (see the crate docs).
     ///
-    /// The local eviction always happens; the result is `Err` when the remote part could not be
-    /// done within `l2_timeout` (or Redis is unavailable), so the caller knows other instances
-    /// may still serve the old value until its TTL ends.
+    /// The local eviction always happens; the result is `Err` (and `invalidations_failed` is
+    /// counted) when the remote part could not be done within `l2_timeout` (or Redis is
+    /// unavailable), so the caller knows other instances may still serve the old value until
+    /// they notice the gap or its TTL ends.
     pub async fn invalidate(
         &self,
         site: &'static Site,

@@ -93,6 +93,8 @@ counters! {
     bus_subscribes,
     /// Messages on the invalidation channel that were not ours (ignored).
     bus_bad_messages,
+    /// This runtime's own messages received back from the channel (ignored).
+    bus_own_messages,
     /// Sites that share their key template with a site of another value type (reported once).
     type_conflicts,
     /// Circuit breaker transitions (closed→open, open→half-open→closed …).
