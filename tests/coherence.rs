@@ -96,11 +96,47 @@ async fn other(db: &Db, id: u64) -> u64 {
     db.read(id).await
 }
 
+/// One of the memoized functions above, chosen per test variant.
+#[derive(Clone, Copy)]
+enum Fun {
+    Item,
+    Local,
+    Rare,
+}
+
+impl Fun {
+    async fn call(self, db: &'static Db, id: u64) -> u64 {
+        match self {
+            Fun::Item => item(db, id).await,
+            Fun::Local => local_item(db, id).await,
+            Fun::Rare => rare(db, id).await,
+        }
+    }
+    async fn invalidate(self, id: u64) -> Result<(), tiered::Error> {
+        match self {
+            Fun::Item => invalidate_item(id).await,
+            Fun::Local => invalidate_local_item(id).await,
+            Fun::Rare => invalidate_rare(id).await,
+        }
+    }
+}
+
 fn builder(url: &str, ns: &str) -> tiered::Builder {
     Runtime::builder()
         .namespace(ns)
         .redis_url(url)
         .connect_timeout(Duration::from_millis(500))
+}
+
+async fn with_lease_wait(url: &str, ms: u64) -> Runtime {
+    bounded(
+        "build",
+        builder(url, "c")
+            .lease_wait(Duration::from_millis(ms))
+            .build(),
+    )
+    .await
+    .expect("runtime")
 }
 
 async fn runtime(url: &str) -> Runtime {
@@ -170,20 +206,9 @@ async fn scenario_6(remote: bool, l1_only: bool) {
     let db = Db::leak();
     let n = interleavings();
     let seed = 0x9e37_79b9_7f4a_7c15 ^ u64::from(remote) ^ (u64::from(l1_only) << 1);
-    let call = move |id: u64| async move {
-        if l1_only {
-            local_item(db, id).await
-        } else {
-            item(db, id).await
-        }
-    };
-    let invalidate = move |id: u64| async move {
-        if l1_only {
-            invalidate_local_item(id).await
-        } else {
-            invalidate_item(id).await
-        }
-    };
+    let fun = if l1_only { Fun::Local } else { Fun::Item };
+    let call = move |id: u64| fun.call(db, id);
+    let invalidate = move |id: u64| fun.invalidate(id);
     let mut rng = Rng(seed);
     let mut parked = 0;
     for i in 0..n {
@@ -316,20 +341,9 @@ async fn scenario_7(rare_site: bool) {
     let a = runtime(&redis.url()).await;
     let b = runtime(&redis.url()).await;
     let db = Db::leak();
-    let call = move |id: u64| async move {
-        if rare_site {
-            rare(db, id).await
-        } else {
-            item(db, id).await
-        }
-    };
-    let invalidate = move |id: u64| async move {
-        if rare_site {
-            invalidate_rare(id).await
-        } else {
-            invalidate_item(id).await
-        }
-    };
+    let fun = if rare_site { Fun::Rare } else { Fun::Item };
+    let call = move |id: u64| fun.call(db, id);
+    let invalidate = move |id: u64| fun.invalidate(id);
     let n = interleavings();
     let mut reached = 0;
     for id in 0..n {
@@ -719,14 +733,7 @@ async fn group_invalidation_by_function_and_by_namespace() {
 async fn a_lease_outlived_by_its_holder_costs_at_most_lease_wait() {
     let redis = RedisServer::start();
     let holder = runtime(&redis.url()).await;
-    let waiter = bounded(
-        "build",
-        builder(&redis.url(), "c")
-            .lease_wait(Duration::from_millis(300))
-            .build(),
-    )
-    .await
-    .expect("runtime");
+    let waiter = with_lease_wait(&redis.url(), 300).await;
     let stuck = Db::leak();
     let db = Db::leak();
     // A lease left by a process that died: written directly, as the holder would have.
@@ -867,6 +874,15 @@ mod child {
                     }
                     ["write", id] => db.write(id.parse().unwrap_or(0)).to_string(),
                     ["received"] => received(&runtime).to_string(),
+                    // Starts a computation of `id` that never ends (it holds the lease).
+                    ["hang", id] => {
+                        let id: u64 = id.parse().unwrap_or(0);
+                        db.gate.close();
+                        db.park_next(id);
+                        tokio::spawn(async move { item(db, id).await });
+                        db.gate.wait_reached(1).await;
+                        "parked".to_owned()
+                    }
                     ["burst", id, n] => {
                         let id: u64 = id.parse().unwrap_or(0);
                         let n: usize = n.parse().unwrap_or(0);
@@ -1050,5 +1066,44 @@ async fn a_lost_publish_is_a_sequence_gap_and_receivers_flush() {
         b.stats().total.l1_hits,
         l1_hits,
         "B's L1 was flushed by the sequence gap: key 2 came from Redis"
+    );
+}
+
+/// A lease holder whose process is killed (SIGKILL) mid-computation: another process waits at
+/// most `lease_wait`, then computes (without filling, since the lease is not its own); nobody
+/// hangs, and once the dead lease expires (`lease_ttl`) the key is filled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_holder_killed_mid_computation_costs_at_most_lease_wait() {
+    let redis = RedisServer::start();
+    let mut holder = child::Proc::spawn(&redis.url()).await;
+    assert_eq!(holder.ask("hang 5").await, "parked");
+    let lease = redis.get("c:item:5").expect("the child's lease");
+    assert!(lease.starts_with(b"tR\x01\x01"), "a lease envelope");
+    holder.kill().await;
+    let waiter = with_lease_wait(&redis.url(), 400).await;
+    let db = Db::leak();
+    let callers: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(waiter.scope(async move { item(db, 5).await })))
+        .collect();
+    let start = Instant::now();
+    for c in callers {
+        assert_eq!(bounded("caller", c).await.expect("task"), 0);
+    }
+    let took = start.elapsed();
+    let s = waiter.stats().total;
+    assert_eq!(
+        db.runs(),
+        1,
+        "one computation after the wait, shared by the 50 callers"
+    );
+    assert_eq!((s.lease_waits, s.lease_timeouts), (1, 1));
+    assert_eq!(
+        redis.get("c:item:5"),
+        Some(lease),
+        "not overwritten by a non-holder"
+    );
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    println!(
+        "killed holder: 50 callers got a value after {took:?} (lease_wait 400 ms), body ran once"
     );
 }
