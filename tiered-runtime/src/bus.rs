@@ -7,7 +7,8 @@
 //!   a value. MessagePack with field names.
 //! * **Subscriber**: one task per runtime with Redis. It ignores its own messages and hands the
 //!   others to a handler task through a bounded queue; when the queue is full it flushes L1
-//!   instead of dropping the message. A PING every [`HEARTBEAT`] detects a half-open link. On
+//!   instead of dropping the message. A number missing from an origin's sequence for longer
+//!   than [`REORDER_GRACE`] (concurrent invalidations may arrive slightly out of order) is lost. A PING every [`HEARTBEAT`] detects a half-open link. On
 //!   every loss of the subscription (stream end, missed heartbeats) and on a sequence gap from a
 //!   known origin, L1 starts a new epoch (nothing written before is served again), and the task
 //!   resubscribes with a capped backoff for as long as the runtime lives; a new subscription
@@ -18,7 +19,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{PubSub, PubSubStream};
 use serde::{Deserialize, Serialize};
@@ -266,7 +267,7 @@ async fn next(stream: &mut PubSubStream) -> Option<redis::Msg> {
 /// Reads messages until the subscription is lost.
 async fn read(weak: &Weak<Inner>, ps: PubSub, tx: &mpsc::Sender<Action>) -> Exit {
     let (mut sink, mut stream) = ps.split();
-    let mut origins: HashMap<u64, u64> = HashMap::new();
+    let mut origins = Origins::default();
     let mut tick = tokio::time::interval(HEARTBEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -280,6 +281,9 @@ async fn read(weak: &Weak<Inner>, ps: PubSub, tx: &mpsc::Sender<Action>) -> Exit
             }
             _ = tick.tick() => {
                 let Some(rt) = upgrade(weak) else { return Exit::Dropped };
+                if origins.overdue(Instant::now()) {
+                    rt.sequence_gap();
+                }
                 let timeout = rt.inner.config.l2_timeout.max(Duration::from_millis(250));
                 drop(rt);
                 match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
@@ -315,7 +319,7 @@ async fn handle(weak: Weak<Inner>, mut rx: mpsc::Receiver<Action>) {
 
 impl Runtime {
     /// One message from the channel, in the reader task.
-    fn receive(&self, payload: &[u8], origins: &mut HashMap<u64, u64>, tx: &mpsc::Sender<Action>) {
+    fn receive(&self, payload: &[u8], origins: &mut Origins, tx: &mpsc::Sender<Action>) {
         let Some(bus) = self.inner.bus.as_ref() else {
             return;
         };
@@ -332,16 +336,10 @@ impl Runtime {
             Counters::bump(&c.bus_own_messages);
             return;
         }
-        if let Some(prev) = origins.insert(msg.origin, msg.seq)
-            && msg.seq != prev.wrapping_add(1)
-        {
-            tracing::info!(
-                origin = msg.origin,
-                expected = prev.wrapping_add(1),
-                got = msg.seq,
-                "tiered: invalidation messages were lost; flushing L1"
-            );
-            self.flush(FlushReason::SequenceGap);
+        let now = Instant::now();
+        origins.record(msg.origin, msg.seq, now);
+        if origins.overdue(now) {
+            self.sequence_gap();
         }
         match tx.try_send(msg.action) {
             Ok(()) => {
@@ -357,6 +355,13 @@ impl Runtime {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+
+    fn sequence_gap(&self) {
+        tracing::info!(
+            "tiered: invalidation messages from another instance were lost; flushing L1"
+        );
+        self.flush(FlushReason::SequenceGap);
     }
 
     /// A received action.
@@ -400,6 +405,67 @@ impl Runtime {
                 "tiered: lost the invalidation subscription; L1 flushed, resubscribing"
             );
         }
+    }
+}
+
+/// How long a hole in an origin's sequence may stay open before it counts as lost. Concurrent
+/// invalidations of one instance may reach Redis in another order than their numbers (a few
+/// microseconds apart); a message that is really lost never arrives.
+const REORDER_GRACE: Duration = Duration::from_millis(200);
+
+/// Sequence tracking per origin: which numbers are missing, and since when.
+#[derive(Default)]
+struct Origins {
+    map: HashMap<u64, Origin>,
+}
+
+struct Origin {
+    /// The next number expected.
+    next: u64,
+    /// Numbers received beyond a hole.
+    ahead: std::collections::BTreeSet<u64>,
+    /// When the oldest open hole appeared.
+    hole_since: Option<Instant>,
+}
+
+impl Origins {
+    fn record(&mut self, origin: u64, seq: u64, now: Instant) {
+        let o = self.map.entry(origin).or_insert(Origin {
+            // The first message seen from an origin: nothing before it can be judged.
+            next: seq,
+            ahead: std::collections::BTreeSet::new(),
+            hole_since: None,
+        });
+        if seq == o.next {
+            o.next += 1;
+            while o.ahead.remove(&o.next) {
+                o.next += 1;
+            }
+            if o.ahead.is_empty() {
+                o.hole_since = None;
+            }
+        } else if seq > o.next {
+            o.ahead.insert(seq);
+            o.hole_since.get_or_insert(now);
+        }
+        // `seq < next`: late (after its hole was given up) or duplicate; applied anyway.
+    }
+
+    /// Whether a hole has stayed open longer than [`REORDER_GRACE`]; such holes are given up
+    /// (the caller flushes L1, which covers whatever they held).
+    fn overdue(&mut self, now: Instant) -> bool {
+        let mut lost = false;
+        for o in self.map.values_mut() {
+            if o.hole_since
+                .is_some_and(|t| now.duration_since(t) >= REORDER_GRACE)
+            {
+                lost = true;
+                o.next = o.ahead.last().map_or(o.next, |last| last + 1);
+                o.ahead.clear();
+                o.hole_since = None;
+            }
+        }
+        lost
     }
 }
 
@@ -473,4 +539,33 @@ pub(crate) fn namespace_generation_key(namespace: &str) -> String {
 /// The Redis key holding a site's generation.
 pub(crate) fn site_generation_key(namespace: &str, site: &str) -> String {
     format!("{namespace}:__tiered_gen__:{site}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reordered_numbers_are_not_a_gap_and_missing_ones_are_after_the_grace() {
+        let t0 = Instant::now();
+        let mut o = Origins::default();
+        o.record(1, 10, t0);
+        o.record(1, 12, t0);
+        o.record(1, 11, t0);
+        assert!(
+            !o.overdue(t0 + REORDER_GRACE * 2),
+            "11 came late, nothing is missing"
+        );
+        o.record(1, 14, t0);
+        assert!(!o.overdue(t0 + REORDER_GRACE / 2), "13 may still come");
+        assert!(o.overdue(t0 + REORDER_GRACE), "13 is lost");
+        assert!(!o.overdue(t0 + REORDER_GRACE * 3), "reported once");
+        o.record(1, 15, t0);
+        assert!(!o.overdue(t0 + REORDER_GRACE * 4));
+        o.record(2, 7, t0);
+        assert!(
+            !o.overdue(t0 + REORDER_GRACE * 4),
+            "a new origin starts where it is seen"
+        );
+    }
 }
