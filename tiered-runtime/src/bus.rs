@@ -112,6 +112,7 @@ pub(crate) struct Bus {
     queue_len: AtomicUsize,
     queue_peak: AtomicUsize,
     queue_capacity: usize,
+    last_overflow_warn: Mutex<Option<Instant>>,
 }
 
 impl Bus {
@@ -124,6 +125,7 @@ impl Bus {
             queue_len: AtomicUsize::new(0),
             queue_peak: AtomicUsize::new(0),
             queue_capacity,
+            last_overflow_warn: Mutex::new(None),
         }
     }
 
@@ -347,11 +349,18 @@ impl Runtime {
                 bus.queue_peak.fetch_max(len, Ordering::Relaxed);
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::debug!(
-                    capacity = bus.queue_capacity,
-                    "tiered: invalidation queue full; flushing L1 instead of dropping the message"
-                );
                 self.flush(FlushReason::Overflow);
+                let mut last = bus
+                    .last_overflow_warn
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)) {
+                    *last = Some(now);
+                    tracing::warn!(
+                        capacity = bus.queue_capacity,
+                        "tiered: invalidation queue full; flushing L1 instead of dropping messages (rate-limited: once a minute; see l1_flushes_overflow)"
+                    );
+                }
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }

@@ -547,21 +547,27 @@ impl Lease {
         }
     }
 
+    /// Replaces the lease with `value`. Cancelled half-way or failed, the lease is released
+    /// on drop (the release script deletes only our own lease, never a value).
     async fn fill(
         mut self,
         l2: &L2,
         value: &[u8],
         ttl: Duration,
     ) -> Result<bool, crate::l2::L2Error> {
-        self.rt = None;
-        l2.fill(&self.key, &self.bytes, value, ttl).await
+        let r = l2.fill(&self.key, &self.bytes, value, ttl).await;
+        if r.is_ok() {
+            // Filled or refused: nothing of ours is left. On an error, drop releases it.
+            self.rt = None;
+        }
+        r
     }
 
     async fn release(mut self, l2: &L2, c: &Counters) {
-        self.rt = None;
         if let Err(e) = l2.release(&self.key, &self.bytes).await {
             e.count(c);
         }
+        self.rt = None;
     }
 }
 
