@@ -2,7 +2,8 @@
 //!
 //! `TIERED_REDIS_URL=redis://127.0.0.1:6379 cargo run --example two_instances`
 //! (defaults to that URL). Instance A computes; instance B is served from Redis without
-//! running the body; A invalidates, and B computes afresh.
+//! running the body and keeps a copy in its L1; A invalidates, the Pub/Sub bus evicts B's copy,
+//! and B computes afresh.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -24,6 +25,7 @@ async fn main() -> Result<(), tiered::Error> {
         Runtime::builder()
             .namespace("two-instances")
             .redis_url(url.clone())
+            .promotion_frequency(1) // B keeps what it reads from Redis in its L1
             .build()
     };
     let (a, b) = (build().await?, build().await?);
@@ -46,9 +48,21 @@ async fn main() -> Result<(), tiered::Error> {
         b.scope(price("sku-1")).await,
         runs()
     );
+    let received = b.stats().total.invalidations_received;
+    let start = std::time::Instant::now();
     a.scope(invalidate_price("sku-1")).await?;
-    println!("A invalidated sku-1");
-    b.flush_l1(); // B's L1 copy: dropping it on A's invalidation is the Pub/Sub bus's job
+    // A evicted its L1, deleted the key in Redis and published the invalidation; B's
+    // subscriber evicts B's L1 copy when the message arrives (well under a millisecond here).
+    while b.stats().subscribed && b.stats().total.invalidations_received == received {
+        if start.elapsed() > std::time::Duration::from_secs(2) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    println!(
+        "A invalidated sku-1; B received it after {:?}",
+        start.elapsed()
+    );
     println!(
         "B: price = {}  (body runs so far: {}: recomputed)",
         b.scope(price("sku-1")).await,
