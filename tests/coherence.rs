@@ -1113,3 +1113,80 @@ async fn a_lease_holder_killed_mid_computation_costs_at_most_lease_wait() {
         "killed holder: 50 callers got a value after {took:?} (lease_wait 400 ms), body ran once"
     );
 }
+
+/// Scenario 26, external deletes: a `DEL` or `FLUSHALL` made directly in Redis sends no
+/// message, so an instance may serve its L1 copy until the copy's TTL ends; `l1_max_ttl`
+/// bounds that staleness (documented in the README).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_26_external_deletes_are_bounded_by_l1_max_ttl() {
+    let redis = RedisServer::start();
+    let cap = Duration::from_millis(300);
+    let b = bounded("build", builder(&redis.url(), "c").l1_max_ttl(cap).build())
+        .await
+        .expect("runtime");
+    let db = Db::leak();
+    assert_eq!(b.scope(item(db, 1)).await, 0);
+    let new = db.write(1);
+    let deleted = Instant::now();
+    redis.cmd::<()>(&[b"FLUSHALL"]);
+    let right_after = b.scope(item(db, 1)).await;
+    // Past the cap (plus a coarse-clock tick), the L1 copy cannot be served any more.
+    tokio::time::sleep_until((deleted + cap + Duration::from_millis(20)).into()).await;
+    assert_eq!(
+        b.scope(item(db, 1)).await,
+        new,
+        "served beyond l1_max_ttl after an external delete"
+    );
+    println!(
+        "external FLUSHALL: right after it B served {right_after} (stale, {} the documented limit), after l1_max_ttl {cap:?} the new value",
+        if right_after == new {
+            "not even"
+        } else {
+            "within"
+        }
+    );
+}
+
+/// While a process waits on another's lease, an L2 failure ends the wait at once (no waiting
+/// on leases without Redis): the caller computes within about one `l2_timeout`, not
+/// `lease_wait`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_l2_failure_ends_a_lease_wait() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let waiter = bounded(
+        "build",
+        builder(&proxy.url(), "c")
+            .lease_wait(Duration::from_secs(8))
+            .lease_ttl(Duration::from_secs(8))
+            .build(),
+    )
+    .await
+    .expect("runtime");
+    let mut lease = b"tR\x01\x01".to_vec();
+    lease.extend_from_slice(&[3; 16]);
+    redis.set("c:item:9", &lease);
+    let db = Db::leak();
+    let call = tokio::spawn(waiter.scope(item(db, 9)));
+    wait_until("waiting on the lease", || {
+        waiter.stats().total.lease_waits == 1
+    })
+    .await;
+    let held = Instant::now();
+    proxy.set_mode(Mode::Hold);
+    assert_eq!(bounded("caller", call).await.expect("task"), 0);
+    let took = held.elapsed();
+    let s = waiter.stats().total;
+    assert_eq!(
+        s.lease_timeouts, 0,
+        "the wait ended on the failure, not on lease_wait"
+    );
+    assert!(s.l2_timeouts >= 1);
+    assert!(
+        took < Duration::from_secs(4),
+        "took {took:?} (lease_wait 8 s)"
+    );
+    println!(
+        "lease wait ended {took:?} after Redis stopped answering (l2_timeout 250 ms, lease_wait 8 s)"
+    );
+}
