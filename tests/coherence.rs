@@ -1190,3 +1190,43 @@ async fn an_l2_failure_ends_a_lease_wait() {
         "lease wait ended {took:?} after Redis stopped answering (l2_timeout 250 ms, lease_wait 8 s)"
     );
 }
+
+/// A generation announcement lost to a full handler queue: the overflow flush also forgets the
+/// cached generations, so B reads them from Redis again and never serves the function's old
+/// entries from L2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_generation_announcement_is_read_again_from_redis() {
+    let redis = RedisServer::start();
+    let a = runtime(&redis.url()).await;
+    let b = bounded("build", builder(&redis.url(), "c").bus_queue(1).build())
+        .await
+        .expect("runtime");
+    let db = Db::leak();
+    assert_eq!(a.scope(item(db, 1)).await, 0);
+    assert_eq!(
+        b.scope(item(db, 1)).await,
+        0,
+        "B warm (L1 and the generation)"
+    );
+    b.hooks().handler.close();
+    // Fill B's queue (one waits in the handler, one in the queue), then announce.
+    for id in 100..103 {
+        a.scope(invalidate_item(id)).await.expect("invalidate");
+    }
+    let flushes = b.stats().total.l1_flushes_overflow;
+    let new = db.write(1);
+    a.scope(invalidate_all_item())
+        .await
+        .expect("invalidate_all_item");
+    wait_until("the announcement overflowed", || {
+        b.stats().total.l1_flushes_overflow > flushes
+    })
+    .await;
+    // The handler is still blocked: B never applied the announcement.
+    assert_eq!(
+        b.scope(item(db, 1)).await,
+        new,
+        "B read the function's old generation from Redis"
+    );
+    b.hooks().handler.open();
+}

@@ -394,7 +394,6 @@ impl Runtime {
 
     fn on_subscribed(&self) {
         if let Some(bus) = self.inner.bus.as_ref() {
-            self.inner.generations.forget();
             self.flush(FlushReason::Subscribed);
             bus.up.store(true, Ordering::Release);
             Counters::bump(&self.inner.stats.runtime().bus_subscribes);

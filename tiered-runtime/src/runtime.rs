@@ -414,6 +414,11 @@ impl Runtime {
 
     /// Drops every L1 entry and every flight's right to store (see [`FlushReason`]).
     pub(crate) fn flush(&self, reason: FlushReason) {
+        if reason != FlushReason::Manual {
+            // Messages may have been lost, generation announcements among them: read the
+            // generations from Redis again before the next L2 access.
+            self.inner.generations.forget();
+        }
         self.drop_site(None);
         reason.count(self.inner.stats.runtime());
     }
