@@ -31,5 +31,6 @@ pub use tiered_runtime::*;
 
 /// Memoizes an `async fn` through the tiered runtime (L1 → coalescing → L2 → body) and
 /// generates `invalidate_<fn>(…)` beside it, with the same visibility, taking the arguments
-/// the key uses.
+/// the key uses, and `invalidate_all_<fn>()`, which drops every entry of the function in every
+/// instance.
 pub use tiered_macros::tiered_cache;

@@ -16,7 +16,8 @@ mod template;
 use proc_macro::TokenStream;
 
 /// Memoizes an `async fn` through the tiered runtime (L1 → coalescing → L2 → body) and
-/// generates `invalidate_<fn>(…)` beside it. See the `tiered` crate docs for the options.
+/// generates `invalidate_<fn>(…)` and `invalidate_all_<fn>()` beside it. See the `tiered` crate
+/// docs for the options.
 #[proc_macro_attribute]
 pub fn tiered_cache(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::tiered_cache(args.into(), item.into()).into()
