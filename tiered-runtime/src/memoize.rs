@@ -476,6 +476,7 @@ impl Runtime {
     ) -> bool {
         let c = self.inner.stats.site(site);
         if guard.poisoned() {
+            Counters::bump(&c.fills_refused);
             lease.release(l2, c).await;
             return false;
         }
