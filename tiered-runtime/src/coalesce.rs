@@ -122,10 +122,15 @@ impl Flights {
     }
 
     fn remove(&self, key: &str, id: u64) {
-        let mut map = self.lock();
-        if map.get(key).is_some_and(|f| f.id == id) {
-            map.remove(key);
-        }
+        detach(&mut self.lock(), key, id);
+    }
+}
+
+/// Removes flight `id` of `key`, unless an invalidation already detached it (and a newer
+/// flight may be there).
+fn detach(map: &mut HashMap<String, Flight>, key: &str, id: u64) {
+    if map.get(key).is_some_and(|f| f.id == id) {
+        map.remove(key);
     }
 }
 
@@ -167,9 +172,7 @@ impl FlightGuard<'_> {
             if stored {
                 store();
             }
-            if map.get(&self.key).is_some_and(|f| f.id == self.id) {
-                map.remove(&self.key);
-            }
+            detach(&mut map, &self.key, self.id);
             stored
         };
         if let Some(tx) = self.tx.take() {
