@@ -1047,6 +1047,8 @@ async fn a_lost_publish_is_a_sequence_gap_and_receivers_flush() {
     // A cannot reach Redis: its invalidation of key 3 fails and is never published.
     proxy.set_mode(Mode::Refuse);
     proxy.cut_all();
+    // Certainly not sent: A knows it is disconnected before it tries.
+    wait_until("A disconnected", || !a.stats().l2_connected).await;
     let failed = a.scope(invalidate_item(3)).await;
     assert!(
         failed.is_err(),

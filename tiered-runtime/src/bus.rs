@@ -143,6 +143,13 @@ impl Bus {
         self.queue_peak.load(Ordering::Relaxed)
     }
 
+    /// Uses up a sequence number without a message, for an invalidation that failed before
+    /// anything could be published: the hole makes every subscribed receiver flush its L1 when
+    /// this instance's next message arrives.
+    pub(crate) fn skip(&self) {
+        self.seq.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The encoded message for `action`, with the next sequence number. A message that is
     /// then not delivered leaves a gap in the sequence, which makes receivers flush: a lost
     /// publish never goes unnoticed by an instance that is subscribed.

@@ -272,6 +272,7 @@ impl Runtime {
                 Err(e) => {
                     Counters::bump(&c.invalidations_failed);
                     e.count(c);
+                    bus.skip();
                     return Err(e.into_error("invalidate", l2.timeout()));
                 }
             }
@@ -337,10 +338,10 @@ impl Runtime {
         let (Some(l2), Some(bus)) = (self.inner.l2.as_ref(), self.inner.bus.as_ref()) else {
             return Ok(());
         };
-        let generation = l2
-            .incr(key)
-            .await
-            .map_err(|e| e.into_error("invalidate", l2.timeout()))?;
+        let generation = l2.incr(key).await.map_err(|e| {
+            bus.skip();
+            e.into_error("invalidate", l2.timeout())
+        })?;
         let action = action(generation);
         match &action {
             Action::Site { site, generation } => self.inner.generations.set_site(site, *generation),
