@@ -110,10 +110,20 @@ async fn scenario_1_burst_on_one_key_is_computed_once_with_redis() {
     let rt = with_redis(&redis).await;
     redis.reset_stats(); // the start-up permission probe is not part of the count
     scenario_1(rt, "redis").await;
-    // Only one L2 read per flight: followers never touch Redis. Each flight then fills once
-    // with the lease-checking script, whose own GET of the lease is counted by Redis too.
+    // Only one L2 read per flight (`SET key LEASE NX GET`): followers never touch Redis. Each
+    // flight then fills once with the lease-checking script, whose own GET and SET are
+    // counted by Redis too.
     assert_eq!(redis.calls("eval"), 20 + 100, "one fill per flight");
-    assert_eq!(redis.calls("get"), 2 * (20 + 100));
+    assert_eq!(
+        redis.calls("get"),
+        20 + 100,
+        "the fill script's check of the lease"
+    );
+    assert_eq!(
+        redis.calls("set"),
+        2 * (20 + 100),
+        "the read, and the fill script's write"
+    );
 }
 
 static PARKED: Site = Site::new("coalescing::parked", "parked:<case>", SiteOptions::DEFAULT);

@@ -550,7 +550,7 @@ async fn scenario_27_the_server_drops_a_slow_subscriber() {
     // B stops reading: the server's output buffer for B's subscriber fills.
     proxy.set_mode(Mode::Hold);
     let mut publisher = redis.conn();
-    let channel = "c:tiered:invalidate:db0:v1";
+    let channel = "c:tiered:invalidate:db0:v2";
     let mut burst = redis::pipe();
     for i in 0..10_000u32 {
         burst
@@ -748,14 +748,14 @@ async fn a_lease_outlived_by_its_holder_costs_at_most_lease_wait() {
     // A lease left by a process that died: written directly, as the holder would have.
     let mut lease = b"tR\x01\x01".to_vec();
     lease.extend_from_slice(&[9; 16]);
-    redis.set("c:item:1", &lease);
+    redis.cmd::<()>(&[b"SET", b"c:item:<1>", &lease, b"PX", b"10000"]);
     let start = Instant::now();
     assert_eq!(waiter.scope(item(db, 1)).await, 0);
     let waited = start.elapsed();
     let s = waiter.stats().total;
     assert_eq!((s.lease_waits, s.lease_timeouts), (1, 1));
     assert_eq!(
-        redis.get("c:item:1"),
+        redis.get("c:item:<1>"),
         Some(lease),
         "a lease it does not hold is never overwritten"
     );
@@ -765,10 +765,10 @@ async fn a_lease_outlived_by_its_holder_costs_at_most_lease_wait() {
     stuck.park_next(2);
     let task = tokio::spawn(holder.scope(item(stuck, 2)));
     stuck.gate.wait_reached(1).await;
-    let held = redis.get("c:item:2").expect("the holder's lease");
+    let held = redis.get("c:item:<2>").expect("the holder's lease");
     assert!(held.starts_with(b"tR\x01\x01"));
     task.abort();
-    wait_until("lease released", || redis.get("c:item:2").is_none()).await;
+    wait_until("lease released", || redis.get("c:item:<2>").is_none()).await;
     assert_eq!(waiter.scope(item(db, 2)).await, 0);
     assert_eq!(
         waiter.stats().total.lease_timeouts,
@@ -1085,7 +1085,7 @@ async fn a_lease_holder_killed_mid_computation_costs_at_most_lease_wait() {
     let redis = RedisServer::start();
     let mut holder = child::Proc::spawn(&redis.url()).await;
     assert_eq!(holder.ask("hang 5").await, "parked");
-    let lease = redis.get("c:item:5").expect("the child's lease");
+    let lease = redis.get("c:item:<5>").expect("the child's lease");
     assert!(lease.starts_with(b"tR\x01\x01"), "a lease envelope");
     holder.kill().await;
     let waiter = with_lease_wait(&redis.url(), 400).await;
@@ -1106,7 +1106,7 @@ async fn a_lease_holder_killed_mid_computation_costs_at_most_lease_wait() {
     );
     assert_eq!((s.lease_waits, s.lease_timeouts), (1, 1));
     assert_eq!(
-        redis.get("c:item:5"),
+        redis.get("c:item:<5>"),
         Some(lease),
         "not overwritten by a non-holder"
     );
@@ -1167,7 +1167,7 @@ async fn an_l2_failure_ends_a_lease_wait() {
     .expect("runtime");
     let mut lease = b"tR\x01\x01".to_vec();
     lease.extend_from_slice(&[3; 16]);
-    redis.set("c:item:9", &lease);
+    redis.cmd::<()>(&[b"SET", b"c:item:<9>", &lease, b"PX", b"8000"]);
     let db = Db::leak();
     let call = tokio::spawn(waiter.scope(item(db, 9)));
     wait_until("waiting on the lease", || {

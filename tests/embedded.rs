@@ -117,7 +117,7 @@ async fn two_scoped_runtimes_are_independent() {
     a.scope(short(1, &calls)).await;
     assert_eq!(calls.get(), 2);
     assert_eq!((a.stats().total.l1_hits, b.stats().total.l1_hits), (1, 0));
-    assert_eq!(a.key(&SHORT, &[&1]).expect("key").as_str(), "a:short:1");
+    assert_eq!(a.key(&SHORT, &[&1]).expect("key").as_str(), "a:short:<1>");
 }
 
 #[tokio::test]
@@ -164,7 +164,7 @@ async fn two_sites_sharing_a_template_keep_their_own_values_and_are_reported() {
         "each site reads its own L1"
     );
     assert_eq!(
-        rt.stats().total.type_conflicts,
+        rt.stats().total.template_conflicts,
         1,
         "the collision is reported once"
     );

@@ -40,7 +40,7 @@ async fn lazy_default_then_install_once_then_from_env() {
     assert_eq!(calls.get(), 2, "the installed runtime has its own L1");
     assert_eq!(rt.stats().total.computations, 1);
     assert!(tiered::stats().l2_configured);
-    assert_eq!(redis.keys(), vec!["inst:square:3".to_owned()]);
+    assert_eq!(redis.keys(), vec!["inst:square:<3>".to_owned()]);
 
     // A second install is an error and changes nothing.
     match Runtime::builder().namespace("other").install().await {

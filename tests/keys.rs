@@ -1,6 +1,8 @@
-//! Key rendering (DESIGN §3, RELIABILITY scenario 9): injective and inert.
+//! Key rendering (scenario 9): injective within a template and across templates, inert, and
+//! out of reach of the runtime's own keys.
 
 use proptest::prelude::*;
+use tiered::key::Template;
 use tiered::{Runtime, Site, SiteOptions};
 
 static PAIR_COLON: Site = Site::new("keys::colon", "k:<a>:<b>", SiteOptions::DEFAULT);
@@ -79,12 +81,111 @@ proptest! {
         // The template's literal text ("k:" and ":") and the namespace contain none of these.
         prop_assert!(!k.chars().any(|c| "*?[]\\{}".contains(c) || c.is_control()), "{}", k);
         let k = key(&rt, &PAIR_DASH, &["-".into(), "a-b".into()]);
-        prop_assert_eq!(k, "ns:%2D-a%2Db");
+        prop_assert_eq!(k, "ns:<->-<a-b>");
     }
 }
 
 thread_local! {
     static RT: Runtime = rt();
+}
+
+/// A template: literal chunks (over characters that look like separators, escapes and the
+/// value delimiters) and placeholders, two placeholders always apart.
+fn template() -> impl Strategy<Value = String> {
+    let literal = proptest::collection::vec(
+        prop_oneof![
+            Just('a'),
+            Just('b'),
+            Just(':'),
+            Just('.'),
+            Just('%'),
+            Just('>'),
+            Just('2'),
+            Just('~'),
+        ],
+        1..4,
+    )
+    .prop_map(|cs| cs.into_iter().collect::<String>());
+    (
+        proptest::option::of(literal.clone()),
+        proptest::collection::vec(literal, 0..3),
+        any::<bool>(),
+    )
+        .prop_map(|(head, separators, tail_value)| {
+            let mut t = head.unwrap_or_default();
+            let mut n = 0;
+            for sep in separators {
+                t.push_str(&format!("<p{n}>{sep}"));
+                n += 1;
+            }
+            if tail_value || t.is_empty() {
+                t.push_str(&format!("<p{n}>"));
+            }
+            t
+        })
+}
+
+/// Values made of the characters that matter for the template-vs-template question.
+fn value() -> impl Strategy<Value = String> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just('a'),
+            Just('b'),
+            Just(':'),
+            Just('.'),
+            Just('%'),
+            Just('<'),
+            Just('>'),
+            Just('2'),
+            Just('~'),
+        ],
+        0..4,
+    )
+    .prop_map(|cs| cs.into_iter().collect())
+}
+
+fn render(template: &str, values: &[String]) -> Option<(String, String)> {
+    let t = Template::parse(template).ok()?;
+    let values: Vec<&(dyn std::fmt::Display + Sync)> = values
+        .iter()
+        .take(t.placeholders())
+        .map(|v| v as _)
+        .collect();
+    let key = t.render("ns", &values)?;
+    Some((key.as_str().to_owned(), t.shape()))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+    /// Scenario 9 across templates: two (template, values) pairs of one namespace render the
+    /// same key only when the templates have the same shape (they differ at most in their
+    /// placeholders' names) and the values are equal; and no key is the runtime's own.
+    #[test]
+    fn scenario_9_distinct_templates_never_render_the_same_key(
+        t1 in template(), t2 in template(),
+        v1 in proptest::collection::vec(value(), 3),
+        v2 in proptest::collection::vec(value(), 3),
+    ) {
+        let (Some((k1, s1)), Some((k2, s2))) = (render(&t1, &v1), render(&t2, &v2)) else {
+            return Ok(());
+        };
+        let n1 = Template::parse(&t1).map(|t| t.placeholders()).unwrap_or(0);
+        let n2 = Template::parse(&t2).map(|t| t.placeholders()).unwrap_or(0);
+        let same = s1 == s2 && v1[..n1] == v2[..n2];
+        prop_assert_eq!(k1 == k2, same, "{} {:?} -> {} / {} {:?} -> {}", t1, &v1[..n1], k1, t2, &v2[..n2], k2);
+        for internal in ["ns:%~gen", "ns:%~probe", "ns:%~probe-gen"] {
+            prop_assert_ne!(&k1, internal);
+        }
+    }
+}
+
+/// The example: `tenant:<t>` with `x.y` and `tenant:<t>.y` with `x`.
+#[test]
+fn scenario_9_a_value_cannot_imitate_another_templates_literal_text() {
+    let a = render("tenant:<t>", &["x.y".into()]);
+    let b = render("tenant:<t>.y", &["x".into()]);
+    assert_ne!(a.map(|k| k.0), b.map(|k| k.0));
 }
 
 /// Every pair (and triple) of strings up to length 3 over an alphabet of separators, `%` and

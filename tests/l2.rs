@@ -77,12 +77,14 @@ async fn miss_is_two_round_trips_and_l2_hit_is_one() {
             r.calls("pttl"),
             r.calls("set"),
             r.calls("eval"),
+            r.calls("hmget"),
         )
     };
     let miss = counts(&redis);
-    // Round trip 1: pipelined GET + PTTL + SET NX (the fill lease). Round trip 2: the fill
-    // script (EVAL), whose own GET (lease check) and SET are counted by Redis as well.
-    assert_eq!(miss, (2, 1, 2, 1), "a miss: two round trips");
+    // Round trip 1: pipelined `SET key LEASE NX GET` (the value, or the fill lease) + PTTL,
+    // plus (first read of the function in this runtime) HMGET of the generations. Round trip
+    // 2: the fill script (EVAL), whose own GET (lease check) and SET are counted by Redis too.
+    assert_eq!(miss, (1, 1, 2, 1, 1), "a miss: two round trips");
     redis.reset_stats();
     assert_eq!(
         b.scope(get_user(2, &calls)).await,
@@ -91,16 +93,27 @@ async fn miss_is_two_round_trips_and_l2_hit_is_one() {
             name: "user-2".into()
         }
     );
+    let first_hit = counts(&redis);
+    assert_eq!(
+        first_hit,
+        (0, 1, 1, 0, 1),
+        "B's first L2 hit: SET NX GET (a no-op on an existing key) + PTTL + the generations, one round trip"
+    );
+    a.scope(get_user(3, &calls)).await;
+    redis.reset_stats();
+    b.scope(get_user(3, &calls)).await;
     let hit = counts(&redis);
     assert_eq!(
         hit,
-        (1, 1, 1, 0),
-        "an L2 hit: one pipelined GET+PTTL+SET NX (a no-op on an existing key), nothing else"
+        (0, 1, 1, 0, 0),
+        "a subscribed instance's L2 hit: one command for the value (+ PTTL), nothing else"
     );
-    assert_eq!(calls.get(), 1, "B got A's value without running the body");
-    assert_eq!(b.stats().total.l2_hits, 1);
+    assert_eq!(calls.get(), 2, "B got A's values without running the body");
+    assert_eq!(b.stats().total.l2_hits, 2);
     assert_eq!(b.stats().total.computations, 0);
-    println!("miss: get/pttl/set/eval = {miss:?} (2 round trips); L2 hit: {hit:?} (1 round trip)");
+    println!(
+        "miss: get/pttl/set/eval/hmget = {miss:?} (2 round trips); first L2 hit: {first_hit:?}; L2 hit: {hit:?} (1 round trip)"
+    );
 }
 
 static ALWAYS: Site = Site::new("l2::always", "always:<id>", opts(1));
@@ -137,9 +150,9 @@ async fn promotion_with_n_10_promotes_about_one_in_ten() {
     let mut conn = redis.conn();
     let mut pipe = redis::pipe();
     for id in 0..10_000u64 {
-        let bytes = codec::encode(&fp, &id).expect("encode");
+        let bytes = codec::encode(&fp, codec::Stamp::default(), &id).expect("encode");
         pipe.cmd("SET")
-            .arg(format!("t:tenth:{id}"))
+            .arg(format!("t:tenth:<{id}>"))
             .arg(bytes)
             .arg("PX")
             .arg(600_000)
@@ -182,9 +195,9 @@ static LONG_TTL: Site = Site::new(
 async fn promoted_ttl_never_outlives_the_remaining_l2_ttl() {
     let redis = RedisServer::start();
     let fp = codec::fingerprint(std::any::type_name::<u64>(), 0);
-    let bytes = codec::encode(&fp, &41u64).expect("encode");
+    let bytes = codec::encode(&fp, codec::Stamp::default(), &41u64).expect("encode");
     redis::cmd("SET")
-        .arg("t:long:1")
+        .arg("t:long:<1>")
         .arg(bytes)
         .arg("PX")
         .arg(400)
@@ -208,7 +221,7 @@ async fn promoted_ttl_never_outlives_the_remaining_l2_ttl() {
     assert_eq!(rt.stats().total.promotions, 1);
     // Wait for Redis to expire the key, then a little longer for clocks to agree.
     bounded("key to expire in Redis", async {
-        while redis.pttl("t:long:1") != -2 {
+        while redis.pttl("t:long:<1>") != -2 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
@@ -235,7 +248,7 @@ async fn two_runtimes_share_values_through_redis() {
         (1, 0),
         "B got an L2 hit without running the body"
     );
-    assert_eq!(redis.keys(), vec!["t:user:9".to_owned()]);
+    assert_eq!(redis.keys(), vec!["t:user:<9>".to_owned()]);
 }
 
 static PERSON: Site = Site::new("l2::person", "person:<id>", SiteOptions::DEFAULT);
@@ -276,7 +289,7 @@ async fn assert_garbage_is_a_miss(
     bytes: &[u8],
     what: &str,
 ) {
-    let key = format!("t:person:{id}");
+    let key = format!("t:person:<{id}>");
     redis.set(&key, bytes);
     let calls = Calls::default();
     let before = rt.stats().total.decode_failures;
@@ -290,7 +303,7 @@ async fn assert_garbage_is_a_miss(
     );
     let stored = redis.get(&key).expect("overwritten");
     assert_eq!(
-        codec::decode::<Person>(&person_fp(), &stored, 1 << 20),
+        codec::decode::<Person>(&person_fp(), &stored, 1 << 20).map(|(v, _)| v),
         Ok(fresh()),
         "{what}: overwritten with a valid value"
     );
@@ -307,7 +320,7 @@ async fn scenario_13_corrupt_truncated_and_hostile_bytes_are_misses() {
         .build()
         .await
         .expect("runtime");
-    let good = codec::encode(&person_fp(), &fresh()).expect("encode");
+    let good = codec::encode(&person_fp(), codec::Stamp::default(), &fresh()).expect("encode");
     let header = &good[..codec::HEADER_LEN];
     let random: Vec<u8> = (0..300u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
@@ -371,8 +384,8 @@ async fn scenario_12_type_changes_never_decode_into_wrong_values() {
     };
     let calls = Calls::default();
     redis.set(
-        "t:person:100",
-        &codec::encode(&fp, &swapped).expect("encode"),
+        "t:person:<100>",
+        &codec::encode(&fp, codec::Stamp::default(), &swapped).expect("encode"),
     );
     assert_eq!(
         rt.scope(get_person(100, &calls)).await,
@@ -383,7 +396,10 @@ async fn scenario_12_type_changes_never_decode_into_wrong_values() {
         first: "Grace".into(),
         last: "Hopper".into(),
     };
-    redis.set("t:person:101", &codec::encode(&fp, &fewer).expect("encode"));
+    redis.set(
+        "t:person:<101>",
+        &codec::encode(&fp, codec::Stamp::default(), &fewer).expect("encode"),
+    );
     assert_eq!(
         rt.scope(get_person(101, &calls)).await,
         fresh(),
@@ -395,7 +411,10 @@ async fn scenario_12_type_changes_never_decode_into_wrong_values() {
         age: 85,
         extra: true,
     };
-    redis.set("t:person:102", &codec::encode(&fp, &wider).expect("encode"));
+    redis.set(
+        "t:person:<102>",
+        &codec::encode(&fp, codec::Stamp::default(), &wider).expect("encode"),
+    );
     assert_eq!(
         rt.scope(get_person(102, &calls)).await,
         fresh(),
@@ -405,10 +424,11 @@ async fn scenario_12_type_changes_never_decode_into_wrong_values() {
     // A bumped `version` (or another type) changes the fingerprint: old entries are misses.
     let old = codec::encode(
         &codec::fingerprint(std::any::type_name::<Person>(), 7),
+        codec::Stamp::default(),
         &fresh(),
     )
     .expect("encode");
-    redis.set("t:person:103", &old);
+    redis.set("t:person:<103>", &old);
     assert_eq!(rt.scope(get_person(103, &calls)).await, fresh());
     assert_eq!(calls.get(), 2, "foreign fingerprint: miss and recompute");
     assert_eq!(rt.stats().total.decode_failures, 2);
@@ -434,10 +454,10 @@ async fn scenario_14_oversized_results_are_not_written_to_l2() {
         })
         .await
     };
-    redis.set("t:big:1", b"an older value that must not linger");
+    redis.set("t:big:<1>", b"an older value that must not linger");
     assert_eq!(rt.scope(call(calls.clone())).await.len(), 10 * 1024 * 1024);
     assert_eq!(
-        redis.get("t:big:1"),
+        redis.get("t:big:<1>"),
         None,
         "nothing over max_value_bytes in Redis"
     );
@@ -536,7 +556,7 @@ async fn scenario_19_redis_killed_and_restarted_under_calls() {
         before + 1,
         "B's read was an L2 hit, not a computation"
     );
-    assert_eq!(redis.keys(), vec![format!("t:outage:{FRESH}")]);
+    assert_eq!(redis.keys(), vec![format!("t:outage:<{FRESH}>")]);
 }
 
 /// Scenario 18: nothing listens at `build()`; calls compute; Redis appears; L2 comes back on
@@ -572,7 +592,7 @@ async fn scenario_18_unreachable_at_startup_then_redis_appears() {
     assert_eq!(rt.scope(outage_call(2, &calls)).await, 1002);
     assert_eq!(
         redis.keys(),
-        vec!["t:outage:2".to_owned()],
+        vec!["t:outage:<2>".to_owned()],
         "L2 writes resumed"
     );
 }
@@ -602,7 +622,7 @@ async fn invalidate_evicts_l1_and_deletes_in_redis() {
     let rt = runtime(&redis, 10).await;
     let calls = Calls::default();
     rt.scope(get_user(3, &calls)).await;
-    assert_eq!(redis.keys(), vec!["t:user:3".to_owned()]);
+    assert_eq!(redis.keys(), vec!["t:user:<3>".to_owned()]);
     rt.invalidate(&USER, &[&3u64]).await.expect("invalidate");
     assert!(redis.keys().is_empty());
     rt.scope(get_user(3, &calls)).await;
@@ -683,7 +703,7 @@ async fn acl_refusals_are_build_errors() {
     rt.scope(get_user(5, &calls)).await;
     assert_eq!(
         redis.keys(),
-        vec!["t:user:5".to_owned()],
+        vec!["t:user:<5>".to_owned()],
         "the probe key is gone, the value is there"
     );
 }
@@ -736,7 +756,7 @@ async fn frozen_redis_is_time_boxed_and_the_breaker_opens_then_closes() {
     bounded("L2 to serve again", async {
         loop {
             a.scope(outage_call(FRESH + 1, &calls)).await; // computed once, then L1
-            if redis.get(&format!("t:outage:{}", FRESH + 1)).is_some() {
+            if redis.get(&format!("t:outage:<{}>", FRESH + 1)).is_some() {
                 break;
             }
             a.flush_l1();

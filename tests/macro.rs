@@ -59,11 +59,11 @@ async fn body_runs_once_per_distinct_argument_and_invalidate_recomputes() {
     assert_eq!(runs(&GET_USER), 4);
     assert_eq!(
         redis.keys(),
-        vec!["m:user:1", "m:user:2", "m:user:3", "m:user:4"]
+        vec!["m:user:<1>", "m:user:<2>", "m:user:<3>", "m:user:<4>"]
     );
 
     a.scope(invalidate_get_user(2)).await.expect("invalidate");
-    assert_eq!(redis.get("m:user:2"), None, "deleted in Redis");
+    assert_eq!(redis.get("m:user:<2>"), None, "deleted in Redis");
     a.scope(get_user(2)).await;
     assert_eq!(
         runs(&GET_USER),
@@ -117,7 +117,7 @@ async fn err_and_none_are_not_cached() {
     })
     .await;
     assert_eq!((runs(&FALLIBLE), runs(&MAYBE)), (4, 4));
-    assert_eq!(redis.keys(), vec!["m:fallible:5", "m:maybe:5"]);
+    assert_eq!(redis.keys(), vec!["m:fallible:<5>", "m:maybe:<5>"]);
 }
 
 counter!(SHORT);
@@ -134,10 +134,10 @@ async fn a_one_second_ttl_is_recomputed_after_expiry() {
     rt.scope(short(1)).await;
     rt.scope(short(1)).await;
     assert_eq!(runs(&SHORT), 1);
-    let pttl = redis.pttl("m:short:1");
+    let pttl = redis.pttl("m:short:<1>");
     assert!((1..=1000).contains(&pttl), "L2 TTL is 1 s: {pttl}");
     bounded("the entry to expire in Redis", async {
-        while redis.pttl("m:short:1") != -2 {
+        while redis.pttl("m:short:<1>") != -2 {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -181,7 +181,7 @@ async fn a_self_field_in_the_key_keeps_tenants_apart() {
     })
     .await;
     assert_eq!(runs(&REPO_GET), 2);
-    assert_eq!(redis.keys(), vec!["m:repo:umbrella:1"]);
+    assert_eq!(redis.keys(), vec!["m:repo:<umbrella>:<1>"]);
 }
 
 counter!(LOCAL_ONLY);
@@ -231,7 +231,7 @@ async fn tiers_l1_sends_nothing_to_redis_and_tiers_l2_never_fills_l1() {
         (0, 2, 0),
         "served by L2, never by L1"
     );
-    assert_eq!(redis.keys(), vec!["m:remote:1"]);
+    assert_eq!(redis.keys(), vec!["m:remote:<1>"]);
 }
 
 counter!(PROMOTED);

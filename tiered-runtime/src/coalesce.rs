@@ -1,25 +1,30 @@
-//! In-process coalescing: one computation per key among concurrent callers.
+//! In-process coalescing: one computation per (function, key) among concurrent callers.
 //!
 //! The first caller of a missing key becomes the flight's **leader** and holds a
-//! [`FlightGuard`]; later callers of the same key are **followers** waiting on a `watch`
-//! channel. The guard removes the in-flight entry when it is dropped, whatever the reason
-//! (completion, cancellation of the leader's future, a panic in the body), so no key is ever
-//! stranded. When a leader goes away without an outcome, its sender is dropped, every follower
-//! wakes up and they form a new flight: exactly one of them becomes the new leader (the body
-//! runs again once per takeover, never concurrently for one key in one process).
+//! [`FlightGuard`]; later callers of the same key *of the same function* are **followers**
+//! waiting on a `watch` channel. Flights are per function: two functions whose templates
+//! render the same key never hand each other values. The guard removes the in-flight entry
+//! when it is dropped, whatever the reason (completion, cancellation of the leader's future, a
+//! panic in the body), so no key is ever stranded. When a leader goes away without an outcome,
+//! its sender is dropped, every follower wakes up and they form a new flight: exactly one of
+//! them becomes the new leader (the body runs again once per takeover, never concurrently for
+//! one key in one process).
 //!
 //! **Invalidation detaches flights.** An invalidation of a key (local or received), of a site or
-//! of everything marks the matching flights *poisoned* and removes them from the map, under the
-//! same lock as the leader's L1 insert ([`FlightGuard::complete`]). A poisoned leader still
-//! hands its value to its own caller and to followers that joined before the invalidation, but
-//! stores nothing; a caller arriving after the invalidation starts a new flight. This is the
-//! local half of "no stale fill" (DESIGN §5); leases are the Redis half.
+//! of everything marks the matching flights *poisoned* and removes them from the map. A
+//! poisoned leader still hands its value to its own caller and to followers that joined before
+//! the invalidation, but stores nothing; a caller arriving after the invalidation starts a new
+//! flight. This is the local half of "no stale fill"; leases are the Redis half.
+//!
+//! **Locks.** The map's lock is held only to insert or remove entries. Poisoning and the
+//! leader's store ([`FlightGuard::complete`]) take the flight's own lock instead, so the user's
+//! `Clone`, the L1 insert and the drop of a replaced value never run under a runtime-wide lock:
+//! a slow `Clone` of one key holds up invalidations of that key only.
 
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
@@ -36,16 +41,20 @@ pub(crate) enum Shared {
 
 type Outcome = watch::Receiver<Option<Shared>>;
 
+/// Whether a flight was invalidated; its lock orders poisoning against the leader's store.
+type Poison = Arc<Mutex<bool>>;
+
 struct Flight {
     id: u64,
-    site: &'static str,
     rx: Outcome,
-    poisoned: Arc<AtomicBool>,
+    poisoned: Poison,
 }
 
+type SiteFlights = HashMap<String, Flight>;
+
 pub(crate) struct Flights {
-    map: Mutex<HashMap<String, Flight>>,
-    next_id: std::sync::atomic::AtomicU64,
+    map: Mutex<HashMap<&'static str, SiteFlights>>,
+    next_id: AtomicU64,
 }
 
 pub(crate) enum Role<'a> {
@@ -53,39 +62,44 @@ pub(crate) enum Role<'a> {
     Follower(Outcome),
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Never held across user code, so poisoning cannot leave the state inconsistent.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn poison(f: &Flight) {
+    *lock(&f.poisoned) = true;
+}
+
 impl Flights {
     pub(crate) fn new() -> Self {
         Flights {
             map: Mutex::new(HashMap::new()),
-            next_id: std::sync::atomic::AtomicU64::new(0),
+            next_id: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flight>> {
-        // Never held across user code, so poisoning cannot leave the map inconsistent.
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Joins the flight for `key`, or starts one (for the site named `site`) and leads it.
-    pub(crate) fn enter(&self, key: &str, site: &'static str) -> Role<'_> {
-        let mut map = self.lock();
-        if let Some(f) = map.get(key) {
+    /// Joins the flight of `site` for `key`, or starts one and leads it.
+    pub(crate) fn enter(&self, site: &'static str, key: &str) -> Role<'_> {
+        let mut map = lock(&self.map);
+        let flights = map.entry(site).or_default();
+        if let Some(f) = flights.get(key) {
             return Role::Follower(f.rx.clone());
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
-        let poisoned = Arc::new(AtomicBool::new(false));
-        map.insert(
+        let poisoned = Poison::default();
+        flights.insert(
             key.to_owned(),
             Flight {
                 id,
-                site,
                 rx,
                 poisoned: poisoned.clone(),
             },
         );
         Role::Leader(FlightGuard {
             flights: self,
+            site,
             key: key.to_owned(),
             id,
             tx: Some(tx),
@@ -93,44 +107,52 @@ impl Flights {
         })
     }
 
-    /// Poisons and detaches the flight of `key`, then runs `evict` under the same lock.
-    pub(crate) fn invalidate_key(&self, key: &str, evict: impl FnOnce()) {
-        let mut map = self.lock();
-        if let Some(f) = map.remove(key) {
-            f.poisoned.store(true, Ordering::Release);
+    /// Poisons and detaches the flight of `key` of the site named `site`, then runs `evict`
+    /// (outside every lock: the poisoning already keeps the flight from storing).
+    pub(crate) fn invalidate_key(&self, site: &str, key: &str, evict: impl FnOnce()) {
+        let removed = lock(&self.map).get_mut(site).and_then(|f| f.remove(key));
+        if let Some(f) = removed {
+            poison(&f);
         }
         evict();
     }
 
     /// Poisons and detaches every flight of the site named `site` (every flight when `None`),
-    /// then runs `evict` under the same lock.
+    /// then runs `evict`.
     pub(crate) fn invalidate_site(&self, site: Option<&str>, evict: impl FnOnce()) {
-        let mut map = self.lock();
-        map.retain(|_, f| {
-            let hit = site.is_none_or(|s| s == f.site);
-            if hit {
-                f.poisoned.store(true, Ordering::Release);
+        let removed: Vec<Flight> = {
+            let mut map = lock(&self.map);
+            match site {
+                Some(s) => map
+                    .get_mut(s)
+                    .map(|f| f.drain().map(|(_, f)| f).collect())
+                    .unwrap_or_default(),
+                None => map
+                    .values_mut()
+                    .flat_map(|f| f.drain().map(|(_, f)| f))
+                    .collect(),
             }
-            !hit
-        });
+        };
+        for f in &removed {
+            poison(f);
+        }
         evict();
     }
 
     /// Flights in progress.
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        lock(&self.map).values().map(HashMap::len).sum()
     }
 
-    fn remove(&self, key: &str, id: u64) {
-        detach(&mut self.lock(), key, id);
-    }
-}
-
-/// Removes flight `id` of `key`, unless an invalidation already detached it (and a newer
-/// flight may be there).
-fn detach(map: &mut HashMap<String, Flight>, key: &str, id: u64) {
-    if map.get(key).is_some_and(|f| f.id == id) {
-        map.remove(key);
+    /// Removes flight `id` of `key`, unless an invalidation already detached it (and a newer
+    /// flight may be there).
+    fn detach(&self, site: &str, key: &str, id: u64) {
+        let mut map = lock(&self.map);
+        if let Some(flights) = map.get_mut(site)
+            && flights.get(key).is_some_and(|f| f.id == id)
+        {
+            flights.remove(key);
+        }
     }
 }
 
@@ -150,31 +172,31 @@ pub(crate) async fn follow(mut rx: Outcome) -> Option<Shared> {
 /// followers so that one of them takes over.
 pub(crate) struct FlightGuard<'a> {
     flights: &'a Flights,
+    site: &'static str,
     key: String,
     id: u64,
     tx: Option<watch::Sender<Option<Shared>>>,
-    poisoned: Arc<AtomicBool>,
+    poisoned: Poison,
 }
 
 impl FlightGuard<'_> {
     /// Whether an invalidation has hit this flight since it started.
     pub(crate) fn poisoned(&self) -> bool {
-        self.poisoned.load(Ordering::Acquire)
+        *lock(&self.poisoned)
     }
 
-    /// Ends the flight and hands `outcome` to every follower. Under the map's lock, `store`
-    /// runs first unless the flight was poisoned (returns whether it ran), then the entry is
+    /// Ends the flight and hands `outcome` to every follower. Under the flight's own lock,
+    /// `store` runs unless the flight was poisoned (returns whether it ran); then the entry is
     /// removed, so a caller arriving afterwards finds the stored value or starts afresh.
     pub(crate) fn complete(mut self, outcome: Shared, store: impl FnOnce()) -> bool {
         let stored = {
-            let mut map = self.flights.lock();
-            let stored = !self.poisoned();
-            if stored {
+            let poisoned = lock(&self.poisoned);
+            if !*poisoned {
                 store();
             }
-            detach(&mut map, &self.key, self.id);
-            stored
+            !*poisoned
         };
+        self.flights.detach(self.site, &self.key, self.id);
         if let Some(tx) = self.tx.take() {
             tx.send_replace(Some(outcome));
         }
@@ -184,7 +206,7 @@ impl FlightGuard<'_> {
 
 impl Drop for FlightGuard<'_> {
     fn drop(&mut self) {
-        self.flights.remove(&self.key, self.id);
+        self.flights.detach(self.site, &self.key, self.id);
         // `tx` drops here: followers see the channel closed and retry.
     }
 }

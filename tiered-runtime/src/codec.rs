@@ -1,15 +1,25 @@
 //! The L2 wire format: an envelope around a MessagePack payload.
 //!
 //! ```text
-//! b"tR" | wire version (1 byte) | kind (1 byte, 0 = value) | schema fingerprint (16 bytes) | payload
+//! value, wire 2:  b"tR" | 2 | 0 (value) | fingerprint (16) | namespace gen (u64 LE) | site gen (u64 LE) | payload
+//! value, wire 1:  b"tR" | 1 | 0 (value) | fingerprint (16) | payload            (read as generations 0, 0)
+//! lease:          b"tR" | 1 | 1 (lease) | token (16)                             (unchanged since wire 1)
 //! ```
 //!
 //! The payload is MessagePack with field names (`rmp_serde::to_vec_named`), so reordering
 //! fields of a struct never decodes into swapped values. The fingerprint is the first 16 bytes
 //! of SHA-256 over the value's type name and the site's `version`: entries written for another
-//! type or schema version are misses. Decoding checks, in this order, the size bound, the magic,
-//! the wire version, the kind, the fingerprint, the payload, and that the payload was consumed
-//! to its last byte. Any failure is a [`DecodeError`], which the runtime treats as a miss.
+//! type or schema version are misses. The two generations are the ones the writer read under
+//! (see the `coherence` module): an entry stamped with an older generation than the current one
+//! is a miss. Decoding checks, in this order, the size bound, the magic, the wire version, the
+//! kind, the fingerprint, the payload, and that the payload was consumed to its last byte. Any
+//! failure is a [`DecodeError`], which the runtime treats as a miss.
+//!
+//! **Compatibility rule** (rolling deploys): a reader accepts every wire version up to its own
+//! (wire 1 values read as generations 0, 0); an envelope of a *newer* version
+//! ([`DecodeError::Newer`]) is a miss that is neither deleted nor overwritten, so two versions
+//! sharing one Redis never delete each other's values in a loop. Leases keep their wire-1 form,
+//! so every version recognises every other version's leases.
 
 use std::io::Cursor;
 
@@ -18,12 +28,38 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 const MAGIC: [u8; 2] = *b"tR";
-/// Version of the envelope layout.
-pub const WIRE_VERSION: u8 = 1;
+/// Version of the value envelope this build writes.
+pub const WIRE_VERSION: u8 = 2;
+/// Version byte of a lease (unchanged since wire 1).
+const LEASE_VERSION: u8 = 1;
 const KIND_VALUE: u8 = 0;
 const KIND_LEASE: u8 = 1;
-/// Length of the envelope header in bytes.
-pub const HEADER_LEN: usize = 2 + 1 + 1 + 16;
+/// Length of the wire-1 header (and of a lease) in bytes.
+const HEADER_V1: usize = 2 + 1 + 1 + 16;
+/// Length of the envelope header this build writes, in bytes.
+pub const HEADER_LEN: usize = HEADER_V1 + 16;
+
+/// The generations an entry was written under (see the `coherence` module).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// The namespace's generation.
+    pub namespace: u64,
+    /// The function's generation.
+    pub site: u64,
+}
+
+impl Stamp {
+    /// Whether an entry stamped `self` was written before a group invalidation that `current`
+    /// already reflects.
+    pub fn is_older_than(&self, current: &Stamp) -> bool {
+        self.namespace < current.namespace || self.site < current.site
+    }
+
+    /// Whether `self` reflects a group invalidation that `known` does not.
+    pub fn is_newer_than(&self, known: &Stamp) -> bool {
+        self.namespace > known.namespace || self.site > known.site
+    }
+}
 
 /// Why bytes found in L2 were not accepted as a value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -34,9 +70,12 @@ pub enum DecodeError {
     /// Too short, or not starting with the envelope magic: not written by tiered.
     #[error("not a tiered envelope")]
     Foreign,
-    /// Written by another wire version.
+    /// An unknown (older than any) wire version.
     #[error("wire version {0} is not supported")]
     WireVersion(u8),
+    /// Written by a newer version of tiered: a miss, never deleted or overwritten.
+    #[error("wire version {0} is newer than this build's")]
+    Newer(u8),
     /// An envelope of another kind.
     #[error("envelope kind {0} is not a value")]
     Kind(u8),
@@ -64,9 +103,10 @@ pub fn fingerprint(type_name: &str, version: u32) -> [u8; 16] {
     fp
 }
 
-/// Encodes `value` into an envelope with the given fingerprint.
+/// Encodes `value` into an envelope with the given fingerprint and generation stamp.
 pub fn encode<T: Serialize + ?Sized>(
     fingerprint: &[u8; 16],
+    stamp: Stamp,
     value: &T,
 ) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     let mut out = Vec::with_capacity(HEADER_LEN + 64);
@@ -74,52 +114,66 @@ pub fn encode<T: Serialize + ?Sized>(
     out.push(WIRE_VERSION);
     out.push(KIND_VALUE);
     out.extend_from_slice(fingerprint);
+    out.extend_from_slice(&stamp.namespace.to_le_bytes());
+    out.extend_from_slice(&stamp.site.to_le_bytes());
     value.serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())?;
     Ok(out)
 }
 
-/// A fill lease (DESIGN §5): an envelope of kind 1 whose body is the holder's 16-byte token.
-/// Stored under the key itself while its holder computes; never a value, never a decode
-/// failure.
+/// A fill lease: an envelope of kind 1 whose body is the holder's 16-byte token. Stored under
+/// the key itself while its holder computes; never a value, never a decode failure.
 pub(crate) fn lease(token: &[u8; 16]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN);
+    let mut out = Vec::with_capacity(HEADER_V1);
     out.extend_from_slice(&MAGIC);
-    out.push(WIRE_VERSION);
+    out.push(LEASE_VERSION);
     out.push(KIND_LEASE);
     out.extend_from_slice(token);
     out
 }
 
-/// Whether `bytes` are a lease (of any holder).
+/// Whether `bytes` have the form of a lease (of any holder).
 pub(crate) fn is_lease(bytes: &[u8]) -> bool {
-    bytes.len() == HEADER_LEN
+    bytes.len() == HEADER_V1
         && bytes[..2] == MAGIC
-        && bytes[2] == WIRE_VERSION
+        && bytes[2] == LEASE_VERSION
         && bytes[3] == KIND_LEASE
 }
 
-/// Decodes an envelope, checking everything listed in the module docs.
+/// Decodes an envelope, checking everything listed in the module docs; returns the value and
+/// the generations it was written under.
 pub fn decode<T: DeserializeOwned>(
     fingerprint: &[u8; 16],
     bytes: &[u8],
     max_value_bytes: usize,
-) -> Result<T, DecodeError> {
+) -> Result<(T, Stamp), DecodeError> {
     if bytes.len() > max_value_bytes {
         return Err(DecodeError::TooLarge(bytes.len()));
     }
-    if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC {
+    if bytes.len() < HEADER_V1 || bytes[..2] != MAGIC {
         return Err(DecodeError::Foreign);
     }
-    if bytes[2] != WIRE_VERSION {
-        return Err(DecodeError::WireVersion(bytes[2]));
-    }
+    let header = match bytes[2] {
+        1 => HEADER_V1,
+        WIRE_VERSION => HEADER_LEN,
+        v if v > WIRE_VERSION => return Err(DecodeError::Newer(v)),
+        v => return Err(DecodeError::WireVersion(v)),
+    };
     if bytes[3] != KIND_VALUE {
         return Err(DecodeError::Kind(bytes[3]));
     }
-    if bytes[4..HEADER_LEN] != fingerprint[..] {
+    if bytes[4..HEADER_V1] != fingerprint[..] {
         return Err(DecodeError::Fingerprint);
     }
-    let payload = &bytes[HEADER_LEN..];
+    let Some(payload) = bytes.get(header..) else {
+        return Err(DecodeError::Foreign);
+    };
+    let stamp = match bytes.get(HEADER_V1..header) {
+        Some(g) if g.len() == 16 => Stamp {
+            namespace: u64::from_le_bytes(array8(&g[..8])),
+            site: u64::from_le_bytes(array8(&g[8..])),
+        },
+        _ => Stamp::default(),
+    };
     let mut de = rmp_serde::Deserializer::new(Cursor::new(payload));
     let value = T::deserialize(&mut de).map_err(|e| DecodeError::Payload(e.to_string()))?;
     let consumed = usize::try_from(de.position()).unwrap_or(usize::MAX);
@@ -128,12 +182,23 @@ pub fn decode<T: DeserializeOwned>(
             payload.len().saturating_sub(consumed),
         ));
     }
-    Ok(value)
+    Ok((value, stamp))
+}
+
+fn array8(b: &[u8]) -> [u8; 8] {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8.min(b.len())]);
+    a
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const S: Stamp = Stamp {
+        namespace: 3,
+        site: 4,
+    };
 
     #[test]
     fn a_lease_is_recognised_and_never_decodes_as_a_value() {
@@ -143,7 +208,7 @@ mod tests {
             decode::<u8>(&[7; 16], &lease, 1 << 20),
             Err(DecodeError::Kind(KIND_LEASE))
         );
-        assert!(!is_lease(&encode(&[7; 16], &1u8).unwrap_or_default()));
+        assert!(!is_lease(&encode(&[7; 16], S, &1u8).unwrap_or_default()));
         assert!(!is_lease(b"tR"));
     }
     use serde::Deserialize;
@@ -176,23 +241,23 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let bytes = encode(&fp(), &ada()).unwrap_or_default();
-        assert_eq!(decode::<Person>(&fp(), &bytes, 1 << 20), Ok(ada()));
+        let bytes = encode(&fp(), S, &ada()).unwrap_or_default();
+        assert_eq!(decode::<Person>(&fp(), &bytes, 1 << 20), Ok((ada(), S)));
     }
 
     #[test]
     fn swapped_fields_decode_by_name_never_into_swapped_values() {
-        let bytes = encode(&fp(), &ada()).unwrap_or_default();
+        let bytes = encode(&fp(), S, &ada()).unwrap_or_default();
         let s = decode::<Swapped>(&fp(), &bytes, 1 << 20);
         assert_eq!(
-            s.map(|s| (s.first, s.last)),
+            s.map(|(s, _)| (s.first, s.last)),
             Ok(("Ada".into(), "Lovelace".into()))
         );
     }
 
     #[test]
     fn every_kind_of_bad_bytes_is_refused() {
-        let good = encode(&fp(), &ada()).unwrap_or_default();
+        let good = encode(&fp(), S, &ada()).unwrap_or_default();
         let mut trailing = good.clone();
         trailing.extend_from_slice(b"junk");
         let mut version = good.clone();
@@ -211,7 +276,10 @@ mod tests {
             Err(DecodeError::Payload(_))
         ));
         assert_eq!(d(&trailing), Err(DecodeError::Trailing(4)));
-        assert_eq!(d(&version), Err(DecodeError::WireVersion(9)));
+        assert_eq!(d(&version), Err(DecodeError::Newer(9)));
+        let mut ancient = good.clone();
+        ancient[2] = 0;
+        assert_eq!(d(&ancient), Err(DecodeError::WireVersion(0)));
         assert_eq!(d(&kind), Err(DecodeError::Kind(7)));
         assert_eq!(
             decode::<Person>(&other_fp, &good, 1 << 20),
@@ -226,7 +294,7 @@ mod tests {
     #[test]
     fn hostile_headers_fail_fast_without_panicking() {
         // array32 claiming u32::MAX elements.
-        let mut huge = Vec::from(&encode(&fp(), &0u8).unwrap_or_default()[..HEADER_LEN]);
+        let mut huge = Vec::from(&encode(&fp(), S, &0u8).unwrap_or_default()[..HEADER_LEN]);
         huge.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]);
         assert!(decode::<Vec<u32>>(&fp(), &huge, 1 << 20).is_err());
         // 200 000 nested arrays.
@@ -234,6 +302,31 @@ mod tests {
         deep.extend(std::iter::repeat_n(0x91u8, 200_000));
         deep.push(0x01);
         assert!(decode::<Vec<u32>>(&fp(), &deep, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn wire_1_values_read_as_generation_zero() {
+        // Wire 1: the same header without the generations.
+        let v2 = encode(&fp(), S, &ada()).unwrap_or_default();
+        let mut v1 = v2[..HEADER_V1].to_vec();
+        v1[2] = 1;
+        v1.extend_from_slice(&v2[HEADER_LEN..]);
+        assert_eq!(
+            decode::<Person>(&fp(), &v1, 1 << 20),
+            Ok((ada(), Stamp::default()))
+        );
+        let short = &v2[..HEADER_LEN - 3];
+        assert!(decode::<Person>(&fp(), short, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn stamps_compare_per_generation() {
+        let s = |namespace, site| Stamp { namespace, site };
+        assert!(s(0, 1).is_older_than(&s(0, 2)));
+        assert!(s(1, 5).is_older_than(&s(2, 0)));
+        assert!(!s(2, 2).is_older_than(&s(2, 2)));
+        assert!(s(0, 3).is_newer_than(&s(0, 2)));
+        assert!(!s(0, 2).is_newer_than(&s(1, 2)));
     }
 
     #[test]

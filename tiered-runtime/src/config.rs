@@ -30,6 +30,12 @@ pub const DEFAULT_DEGRADED_L1_TTL: Duration = Duration::from_secs(1);
 /// Default capacity of the queue between the invalidation subscriber and its handler.
 pub const DEFAULT_BUS_QUEUE: usize = 4096;
 
+/// Largest `bus_queue`.
+pub const MAX_BUS_QUEUE: usize = 1 << 20;
+/// Largest value of any duration option: longer ones are configuration errors (they would
+/// overflow clock arithmetic, and no cache needs them).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// Configures and builds a [`Runtime`].
 ///
 /// ```
@@ -240,22 +246,25 @@ impl Builder {
             Some(url) => Some(RedisTarget::parse(url)?),
         };
         positive(self.l1_max_entries, "l1_max_entries")?;
-        if self.l1_max_ttl == Some(Duration::ZERO) {
-            return Err(Error::config("l1_max_ttl", "must be greater than zero"));
+        if let Some(ttl) = self.l1_max_ttl {
+            duration(ttl, "l1_max_ttl")?;
         }
-        nonzero_duration(self.l2_timeout, "l2_timeout")?;
-        nonzero_duration(self.connect_timeout, "connect_timeout")?;
+        duration(self.l2_timeout, "l2_timeout")?;
+        duration(self.connect_timeout, "connect_timeout")?;
         positive(u64::from(self.promotion_frequency), "promotion_frequency")?;
         positive(self.max_value_bytes as u64, "max_value_bytes")?;
         positive(u64::from(self.breaker_threshold), "breaker_threshold")?;
-        nonzero_duration(self.breaker_cooldown, "breaker_cooldown")?;
-        nonzero_duration(self.lease_ttl, "lease_ttl")?;
-        nonzero_duration(self.lease_wait, "lease_wait")?;
+        duration(self.breaker_cooldown, "breaker_cooldown")?;
+        duration(self.lease_ttl, "lease_ttl")?;
+        duration(self.lease_wait, "lease_wait")?;
         if self.lease_wait > self.lease_ttl {
             return Err(Error::config("lease_wait", "must not exceed lease_ttl"));
         }
-        nonzero_duration(self.degraded_l1_ttl, "degraded_l1_ttl")?;
+        duration(self.degraded_l1_ttl, "degraded_l1_ttl")?;
         positive(self.bus_queue as u64, "bus_queue")?;
+        if self.bus_queue > MAX_BUS_QUEUE {
+            return Err(Error::config("bus_queue", "must be at most 1048576"));
+        }
         Ok(self.into_config(redis))
     }
 
@@ -445,9 +454,12 @@ fn positive(v: u64, field: &'static str) -> Result<()> {
     Ok(())
 }
 
-fn nonzero_duration(d: Duration, field: &'static str) -> Result<()> {
+fn duration(d: Duration, field: &'static str) -> Result<()> {
     if d.is_zero() {
         return Err(Error::config(field, "must be greater than zero"));
+    }
+    if d > MAX_DURATION {
+        return Err(Error::config(field, "must be at most 365 days"));
     }
     Ok(())
 }
@@ -494,6 +506,34 @@ mod tests {
             field_of(Builder::new().breaker_cooldown(Duration::ZERO)),
             "breaker_cooldown"
         );
+        for (field, b) in [
+            ("l1_max_ttl", Builder::new().l1_max_ttl(Duration::MAX)),
+            ("l2_timeout", Builder::new().l2_timeout(Duration::MAX)),
+            (
+                "connect_timeout",
+                Builder::new().connect_timeout(Duration::MAX),
+            ),
+            (
+                "breaker_cooldown",
+                Builder::new().breaker_cooldown(Duration::MAX),
+            ),
+            ("lease_ttl", Builder::new().lease_ttl(Duration::MAX)),
+            (
+                "degraded_l1_ttl",
+                Builder::new().degraded_l1_ttl(Duration::MAX),
+            ),
+        ] {
+            assert_eq!(field_of(b), field, "Duration::MAX");
+        }
+        assert_eq!(
+            field_of(
+                Builder::new()
+                    .lease_wait(Duration::MAX)
+                    .lease_ttl(Duration::MAX)
+            ),
+            "lease_ttl"
+        );
+        assert_eq!(field_of(Builder::new().bus_queue(usize::MAX)), "bus_queue");
         assert_eq!(field_of(Builder::new().namespace("")), "namespace");
         assert_eq!(field_of(Builder::new().namespace("a:b")), "namespace");
         assert_eq!(

@@ -1,18 +1,25 @@
 //! Key templates and the injective, inert rendering of argument values into Redis keys.
 //!
-//! A template such as `user:<id>` is literal text and `<placeholder>`s. The rendered key is
-//! `{namespace}:{template with values}`, where every value is written with `Display` and
-//! percent-encoded so that
+//! A template such as `user:<id>` is literal text and `<placeholder>`s. The rendered key
+//! mirrors it: `{namespace}:` then the literal text, with every value written with `Display`,
+//! percent-encoded and put between `<` and `>`: `user:<id>` with `id = 42` in namespace `shop`
+//! is `shop:user:<42>`.
 //!
-//! * the encoding is **injective**: `%` itself, `:` and every character of the template's
-//!   separators (its literal text after a placeholder) are encoded, so a value can never imitate
-//!   a separator and two different argument tuples never render the same key (`("a:b","c")` and
-//!   `("a","b:c")` differ). The literal text before the first placeholder is a fixed prefix that
-//!   no value can shift, so its characters are not encoded (`repo:<tenant>` keeps `umbrella`
-//!   readable);
-//! * the key is **inert**: glob characters (`*`, `?`, `[`, `]`, `\`), hash-tag braces (`{`,
-//!   `}`) and control characters are encoded, so user input can never widen a pattern or choose
-//!   a Redis Cluster slot.
+//! * **Injective across templates.** Values encode `%`, `<` and `>` (and more, below); literal
+//!   text encodes `%` and `>` (it cannot hold `<`). So the `<`…`>` pairs of a key mark exactly
+//!   where each value starts and ends, and a key can be read back into the template's literal
+//!   text and the values. Two different `(template, values)` pairs of one namespace never render
+//!   the same key, whatever the templates (`tenant:<t>` with `t = "x.y"` is
+//!   `ns:tenant:<x.y>`, `tenant:<t>.y` with `t = "x"` is `ns:tenant:<x>.y`). Templates that
+//!   differ only in their placeholders' names have the same *shape* ([`Template::shape`]) and
+//!   render the same keys: the runtime reports two sites sharing a shape.
+//! * **Inert.** The value escape set is fixed: `%`, `:`, `<`, `>`, the glob characters `*`,
+//!   `?`, `[`, `]`, `\`, the hash-tag braces `{`, `}`, and control characters. User input can
+//!   never widen a `SCAN` pattern, choose a Redis Cluster slot, or add a level to the `:` tree
+//!   Redis tools display.
+//! * **Apart from the runtime's own keys.** Every `%` in a rendered key is followed by two
+//!   upper-case hex digits (or, in a digested long key, by its `#`), so the runtime keeps its
+//!   own state under `{namespace}:%~…` ([`internal`]), where no rendered key can land.
 //!
 //! Keys longer than [`MAX_KEY_BYTES`] keep a readable prefix followed by `#` and the SHA-256
 //! of the whole key (hex): stable across builds and toolchains. A digested key is always
@@ -27,8 +34,30 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// Bytes of a long key kept as its readable prefix (cut at a character boundary).
 const DIGEST_PREFIX_BYTES: usize = 1000;
 
-/// Characters encoded in every value, whatever the template.
-const ALWAYS_ESCAPED: &[u8] = b"%:*?[]\\{}";
+/// ASCII characters encoded in every value (control characters are added below).
+const VALUE_ESCAPED: &[u8] = b"%:<>*?[]\\{}";
+
+/// Bit `b` set: ASCII byte `b` is encoded in values.
+const VALUE_MASK: u128 = {
+    let mut mask = 0u128;
+    let mut i = 0;
+    while i < VALUE_ESCAPED.len() {
+        mask |= 1 << VALUE_ESCAPED[i];
+        i += 1;
+    }
+    let mut b = 0;
+    while b < 0x20 {
+        mask |= 1 << b;
+        b += 1;
+    }
+    mask | 1 << 0x7f
+};
+
+/// The Redis key of the runtime's own state `name` in `namespace`: `{namespace}:%~{name}`.
+/// No rendered key can be equal to it (see the module docs).
+pub(crate) fn internal(namespace: &str, name: &str) -> String {
+    format!("{namespace}:%~{name}")
+}
 
 /// A rendered key: `{namespace}:{template with encoded values}`, digested when long.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,20 +116,17 @@ impl Display for TemplateError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Segment {
+    /// Literal text, already encoded for the key.
     Literal(String),
     Value,
 }
 
-/// A key template compiled once: its segments and the set of characters to encode in values.
+/// A key template compiled once into its segments.
 #[derive(Debug, Clone)]
 pub struct Template {
     segments: Vec<Segment>,
     placeholders: usize,
     literal_len: usize,
-    /// Bit `b` set: ASCII byte `b` must be encoded.
-    ascii: u128,
-    /// Non-ASCII characters of the literal text (rare), which must be encoded too.
-    other: Vec<char>,
 }
 
 impl Template {
@@ -135,55 +161,45 @@ impl Template {
                 }
                 found => {
                     let end = found.unwrap_or(rest.len());
-                    segments.push(Segment::Literal(rest[..end].to_owned()));
+                    let text = &rest[..end];
+                    // `%` and `>` are encoded so that the value delimiters stay unambiguous.
+                    let encoded = text.replace('%', "%25").replace('>', "%3E");
+                    segments.push(Segment::Literal(encoded));
                     rest = &rest[end..];
                 }
             }
         }
-        let mut ascii = 0u128;
-        let mut other = Vec::new();
-        for &b in ALWAYS_ESCAPED {
-            ascii |= 1 << b;
-        }
-        for b in 0..0x20u8 {
-            ascii |= 1 << b;
-        }
-        ascii |= 1 << 0x7f;
-        let mut literal_len = 0;
-        let mut after_placeholder = false;
-        for seg in &segments {
-            if *seg == Segment::Value {
-                after_placeholder = true;
-            }
-            if let Segment::Literal(text) = seg {
-                literal_len += text.len();
-                // Only separators (literal text after a placeholder) can be imitated by a value;
-                // the leading text is a fixed prefix, so its characters stay readable in values.
-                if !after_placeholder {
-                    continue;
-                }
-                for c in text.chars() {
-                    if c.is_ascii() {
-                        ascii |= 1 << (c as u32);
-                    } else if !other.contains(&c) {
-                        other.push(c);
-                    }
-                }
-            }
-        }
+        let literal_len = segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(t) => t.len(),
+                Segment::Value => 2,
+            })
+            .sum();
         let placeholders = segments.iter().filter(|s| **s == Segment::Value).count();
         Ok(Template {
             segments,
             placeholders,
             literal_len,
-            ascii,
-            other,
         })
     }
 
     /// Number of `<placeholder>`s, i.e. of values [`render`](Self::render) expects.
     pub fn placeholders(&self) -> usize {
         self.placeholders
+    }
+
+    /// The template with its placeholders' names left out (`user:<>`): two templates of the
+    /// same shape render the same keys for the same values; different shapes never do.
+    pub fn shape(&self) -> String {
+        let mut out = String::with_capacity(self.literal_len);
+        for seg in &self.segments {
+            match seg {
+                Segment::Literal(text) => out.push_str(text),
+                Segment::Value => out.push_str("<>"),
+            }
+        }
+        out
     }
 
     /// Renders `{namespace}:{template}` with `values` in placeholder order, or `None` when the
@@ -201,46 +217,42 @@ impl Template {
             match seg {
                 Segment::Literal(text) => out.push_str(text),
                 Segment::Value => {
+                    out.push('<');
                     if let Some(v) = values.next() {
-                        let _ = write!(
-                            Escaper {
-                                out: &mut out,
-                                t: self
-                            },
-                            "{v}"
-                        );
+                        let _ = write!(Escaper { out: &mut out }, "{v}");
                     }
+                    out.push('>');
                 }
             }
         }
         Some(Key::from_rendered(out))
     }
+}
 
-    fn must_escape(&self, c: char) -> bool {
-        if c.is_ascii() {
-            self.ascii & (1 << (c as u32)) != 0
-        } else {
-            c.is_control() || self.other.contains(&c)
-        }
+fn must_escape(c: char) -> bool {
+    if c.is_ascii() {
+        VALUE_MASK & (1 << (c as u32)) != 0
+    } else {
+        c.is_control()
     }
 }
 
-/// Writes `Display` output into the key, percent-encoding what the template requires.
+/// Writes `Display` output into the key, percent-encoding the value escape set.
 struct Escaper<'a> {
     out: &'a mut String,
-    t: &'a Template,
 }
 
 impl fmt::Write for Escaper<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         // Fast path, one pass over the bytes: plain ASCII with nothing to encode.
-        let ascii = self.t.ascii;
-        if s.bytes().all(|b| b < 0x80 && ascii & (1u128 << b) == 0) {
+        if s.bytes()
+            .all(|b| b < 0x80 && VALUE_MASK & (1u128 << b) == 0)
+        {
             self.out.push_str(s);
             return Ok(());
         }
         for c in s.chars() {
-            if self.t.must_escape(c) {
+            if must_escape(c) {
                 let mut buf = [0u8; 4];
                 for b in c.encode_utf8(&mut buf).bytes() {
                     let _ = write!(self.out, "%{b:02X}");
@@ -267,22 +279,26 @@ mod tests {
 
     #[test]
     fn renders_namespace_and_values() {
-        assert_eq!(render("user:<id>", &[&42]), "ns:user:42");
-        assert_eq!(render("<a>-<b>", &[&"x-y", &"z"]), "ns:x%2Dy-z");
+        assert_eq!(render("user:<id>", &[&42]), "ns:user:<42>");
+        assert_eq!(render("<a>-<b>", &[&"x-y", &"z"]), "ns:<x-y>-<z>");
         assert_eq!(
-            render("q:<q>", &[&"a*b?[c]\\{d}%e:f"]),
-            "ns:q:a%2Ab%3F%5Bc%5D%5C%7Bd%7D%25e%3Af"
+            render("q:<q>", &[&"a*b?[c]\\{d}%e:f<g>"]),
+            "ns:q:<a%2Ab%3F%5Bc%5D%5C%7Bd%7D%25e%3Af%3Cg%3E>"
         );
         assert_eq!(
             render("q:<q>", &[&"line\nbreak\u{0}"]),
-            "ns:q:line%0Abreak%00"
+            "ns:q:<line%0Abreak%00>"
         );
-        assert_eq!(render("é<q>é", &[&"aéb"]), "ns:éa%C3%A9bé");
-        assert_eq!(render("repo:<t>", &[&"umbrella"]), "ns:repo:umbrella");
+        assert_eq!(render("é<q>é", &[&"aéb"]), "ns:é<aéb>é");
+        assert_eq!(
+            render("100%>x:<t>", &[&"umbrella"]),
+            "ns:100%25%3Ex:<umbrella>"
+        );
+        assert_eq!(render("static", &[]), "ns:static");
     }
 
     #[test]
-    fn separator_tricks_do_not_collide() {
+    fn separator_and_template_tricks_do_not_collide() {
         assert_ne!(
             render("<a>:<b>", &[&"a:b", &"c"]),
             render("<a>:<b>", &[&"a", &"b:c"])
@@ -291,6 +307,30 @@ mod tests {
             render("<a>/<b>", &[&"", &"x"]),
             render("<a>/<b>", &[&"x", &""])
         );
+        assert_ne!(
+            render("tenant:<t>", &[&"x.y"]),
+            render("tenant:<t>.y", &[&"x"])
+        );
+        assert_ne!(render("a<x>", &[&"bc"]), render("ab<x>", &[&"c"]));
+        assert_ne!(render("user:42", &[]), render("user:<id>", &[&42]));
+    }
+
+    #[test]
+    fn shapes_ignore_placeholder_names() {
+        let shape = |t: &str| Template::parse(t).map(|t| t.shape()).unwrap_or_default();
+        assert_eq!(shape("user:<id>"), shape("user:<uid>"));
+        assert_ne!(shape("user:<id>"), shape("user:<id>:x"));
+    }
+
+    #[test]
+    fn internal_keys_are_out_of_reach() {
+        let gen_key = internal("ns", "gen");
+        for v in ["%~gen", "~gen", "%", "ns:%~gen", ""] {
+            for t in ["<v>", "%~<v>", "%<v>", "%~gen<v>", "x<v>"] {
+                assert_ne!(render(t, &[&v]), gen_key, "{t} with {v:?}");
+            }
+        }
+        assert_ne!(render("%~gen", &[]), gen_key);
     }
 
     #[test]
@@ -310,6 +350,8 @@ mod tests {
         );
     }
 
+    const PINNED: &str = "#fdf758b5c7b95684cf1a4ce109d779cda602a8045de03ffad8fa4a43f5fba664";
+
     #[test]
     fn long_keys_are_digested_and_stay_distinct_from_short_ones() {
         let long = "v".repeat(5000);
@@ -319,15 +361,11 @@ mod tests {
             "{}",
             k.len()
         );
-        assert!(k.starts_with("ns:k:vvv"));
+        assert!(k.starts_with("ns:k:<vvv"));
         let hex = &k[k.len() - 64..];
         assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
         // Stable across builds: pinned digest of a fixed input.
         let pinned = render("k:<v>", &[&"a".repeat(2000)]);
-        assert!(
-            pinned.ends_with("#95f0f74c0b5d5cc803b85714269b74c121699451f3686a71f8738f2337253cd5"),
-            "{}",
-            &pinned[pinned.len() - 70..]
-        );
+        assert!(pinned.ends_with(PINNED), "{}", &pinned[pinned.len() - 70..]);
     }
 }

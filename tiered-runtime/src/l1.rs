@@ -76,7 +76,12 @@ impl<T: Clone + Send + Sync + 'static> TypedL1<T> {
     /// Inserts with `ttl` capped by `l1_max_ttl`, tagged with `epoch` (see [`epoch`](Self::epoch));
     /// a zero TTL or an epoch that has already ended inserts nothing.
     pub(crate) fn insert(&self, key: String, value: T, ttl: Duration, epoch: u64) {
-        let ttl = self.max_ttl.map_or(ttl, |cap| ttl.min(cap));
+        // A site's TTL is not validated like the runtime's options: cap it so that the clock
+        // arithmetic below cannot overflow (ten years is forever for a cache).
+        let ttl = self
+            .max_ttl
+            .map_or(ttl, |cap| ttl.min(cap))
+            .min(crate::config::MAX_DURATION * 10);
         if !ttl.is_zero() && epoch == self.epoch() {
             let deadline =
                 CoarseInstant::now_without_cache_update() + coarsetime::Duration::from(ttl);

@@ -77,9 +77,9 @@
 #![deny(missing_docs)]
 
 mod breaker;
-mod bus;
 mod coalesce;
 pub mod codec;
+mod coherence;
 mod config;
 mod error;
 #[cfg(feature = "test-hooks")]
@@ -97,7 +97,7 @@ mod stats;
 pub use config::{
     Builder, Config, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_L1_MAX_ENTRIES, DEFAULT_L2_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_NAMESPACE,
-    DEFAULT_PROMOTION_FREQUENCY,
+    DEFAULT_PROMOTION_FREQUENCY, MAX_BUS_QUEUE, MAX_DURATION,
 };
 pub use error::{Error, Result};
 pub use key::Key;

@@ -12,10 +12,12 @@ use serde::de::DeserializeOwned;
 use std::time::Duration;
 
 use crate::coalesce::{FlightGuard, Role, Shared, follow};
-use crate::codec;
+use crate::codec::{self, DecodeError, Stamp};
+use crate::coherence::generations;
+use crate::coherence::lease::Lease;
 use crate::key::Key;
 use crate::l1::TypedL1;
-use crate::l2::{L2, ReadOrLease};
+use crate::l2::{L2, remaining};
 use crate::runtime::{Runtime, with_current};
 use crate::site::Site;
 use crate::stats::Counters;
@@ -256,7 +258,7 @@ impl Runtime {
         key: &str,
     ) -> Option<V> {
         // One slot lookup for both the L1 and the counter; no L1 yet means a miss.
-        let slot = self.inner.stats.slot(site);
+        let slot = self.table().slot(site);
         let l1 = slot.l1.get()?.as_any().downcast_ref::<TypedL1<V>>()?;
         let v = l1.get(key)?;
         Counters::bump(&slot.counters.l1_hits);
@@ -280,10 +282,10 @@ impl Runtime {
         Fut: Future<Output = K::Output>,
     {
         let inner = &*self.inner;
-        let c = inner.stats.site(site);
+        let c = self.table().site(site);
         let tiers = site.options().tiers;
         let guard = loop {
-            match inner.flights.enter(key.as_str(), site.name()) {
+            match inner.local.flights.enter(site.name(), key.as_str()) {
                 Role::Leader(guard) => break guard,
                 Role::Follower(rx) => {
                     Counters::bump(&c.coalesced_waits);
@@ -325,14 +327,15 @@ impl Runtime {
         }
 
         let fingerprint = site.fingerprint::<K::Value>();
-        let l2 = inner.l2.as_ref().filter(|_| tiers.l2());
+        let l2 = inner.l2.as_deref().filter(|_| tiers.l2());
         let mut lease = None;
+        let mut stamp = Stamp::default();
         if let Some(l2) = l2 {
             match self.read_l2::<K::Value>(l2, site, &key, fingerprint).await {
                 L2Read::Hit(v, remaining) => {
                     Counters::bump(&c.l2_hits);
                     #[cfg(feature = "test-hooks")]
-                    inner.hooks.promotion.pass().await;
+                    inner.local.hooks.promotion.pass().await;
                     let promote = l1.filter(|_| self.should_promote(site));
                     let ttl = remaining.map_or(site.options().ttl, |r| r.min(site.options().ttl));
                     let mut promoted = false;
@@ -351,7 +354,10 @@ impl Runtime {
                     }
                     return K::from_value(v);
                 }
-                L2Read::Leased(l) => lease = Some(l),
+                L2Read::Leased(l, s) => {
+                    lease = Some(l);
+                    stamp = s;
+                }
                 L2Read::Compute => {}
             }
         }
@@ -363,7 +369,9 @@ impl Runtime {
             Some(v) => {
                 let mut keep = true;
                 if let (Some(l2), Some(lease)) = (l2, lease.take()) {
-                    keep = self.fill_l2(l2, site, &guard, lease, v, fingerprint).await;
+                    keep = self
+                        .fill_l2(l2, site, &guard, lease, v, fingerprint, stamp)
+                        .await;
                 }
                 let stored = guard.complete(Shared::Value(Arc::new(v.clone())), || {
                     if keep && let Some(l1) = l1 {
@@ -376,8 +384,10 @@ impl Runtime {
                 }
             }
             None => {
-                if let (Some(l2), Some(lease)) = (l2, lease.take()) {
-                    lease.release(l2, c).await;
+                if let (Some(l2), Some(lease)) = (l2, lease.take())
+                    && let Err(e) = lease.release(l2).await
+                {
+                    e.count(c);
                 }
                 guard.complete(K::share(&out).map_or(Shared::Retry, Shared::Output), || {});
             }
@@ -386,10 +396,13 @@ impl Runtime {
     }
 
     /// The leader's L2 read. One round trip reads the value and, when there is none, takes the
-    /// fill lease. Another process's lease means it is computing this key: poll (each poll is
-    /// the same round trip, so a lease that vanishes without a value is taken over) until its
-    /// value appears or `lease_wait` runs out. Any L2 failure (breaker open included) ends the
-    /// read at once: compute, without filling.
+    /// fill lease (and, when the cached generations cannot be trusted, reads the current
+    /// ones). Another process's lease means it is computing this key: poll (each poll is the
+    /// same round trip, so a lease that vanishes without a value is taken over) until its
+    /// value appears or `lease_wait` runs out. Bytes that are not a current value of ours
+    /// (foreign, corrupt, another schema, an older generation, a lease that cannot be ours)
+    /// are deleted if they are still the same bytes, once, and the read is repeated. Any L2
+    /// failure (breaker open included) ends the read at once: compute, without filling.
     async fn read_l2<V: DeserializeOwned>(
         &self,
         l2: &L2,
@@ -398,54 +411,64 @@ impl Runtime {
         fingerprint: &[u8; 16],
     ) -> L2Read<V> {
         let inner = &*self.inner;
-        let c = inner.stats.site(site);
-        let l2_key = match self.l2_key(l2, site, key).await {
-            Ok(k) => k,
-            Err(e) => {
-                e.count(c);
-                return L2Read::Compute;
-            }
+        let c = self.table().site(site);
+        let Some(janitor) = inner.janitor.as_ref() else {
+            return L2Read::Compute;
         };
-        let lease = codec::lease(&token());
         let cfg = &inner.config;
+        let gens = &inner.local.generations;
+        let gen_key = generations::key(&cfg.namespace);
+        let token = codec::lease(&token());
         let mut deadline = None;
         let mut delay = Duration::from_millis(5);
-        let mut deleted_foreign = false;
+        let mut judged_once = false;
         loop {
-            match l2.read_or_lease(&l2_key, &lease, cfg.lease_ttl).await {
+            let known = self.known_generations(site);
+            // Armed before the request leaves: whatever happens to it, a lease that may have
+            // reached Redis is released or turned into the fill.
+            let lease = Lease::new(
+                janitor,
+                key.as_str().to_owned(),
+                token.clone(),
+                cfg.lease_ttl,
+            );
+            let ask = known.is_err().then_some((gen_key.as_str(), site.name()));
+            let reply = match l2
+                .read(key.as_str(), lease.bytes(), cfg.lease_ttl, ask)
+                .await
+            {
+                Ok(r) => r,
                 Err(e) => {
                     e.count(c);
                     return L2Read::Compute;
                 }
-                Ok(ReadOrLease::Leased) => {
-                    return L2Read::Leased(Lease::new(self.clone(), l2_key, lease));
+            };
+            let current = match (known, reply.generations) {
+                (Ok(stamp), _) => stamp,
+                (Err(era), Some(stamp)) => {
+                    gens.learn(era, site.name(), stamp);
+                    stamp
                 }
-                Ok(ReadOrLease::Value(bytes, remaining)) => {
-                    match codec::decode::<V>(fingerprint, &bytes, cfg.max_value_bytes) {
-                        Ok(v) => return L2Read::Hit(v, remaining),
-                        Err(e) => {
-                            Counters::bump(&c.decode_failures);
-                            if Site::first_time(&site.warned_decode) {
-                                tracing::warn!(
-                                    site = site.name(),
-                                    key_hash = %key_hash(key),
-                                    reason = %e,
-                                    "tiered: bytes in Redis are not a valid value for this function; treating as a miss and overwriting (logged once per function)"
-                                );
-                            }
-                            // Remove them and take the lease on the next round trip (once).
-                            if deleted_foreign {
-                                return L2Read::Compute;
-                            }
-                            deleted_foreign = true;
-                            if let Err(e) = l2.del(&l2_key).await {
-                                e.count(c);
-                                return L2Read::Compute;
-                            }
-                        }
-                    }
+                (Err(_), None) => Stamp::default(),
+            };
+            let Some(bytes) = reply.value else {
+                return L2Read::Leased(lease, current);
+            };
+            // The key held something, so our `SET NX` wrote nothing.
+            lease.disarm();
+            let verdict = if codec::is_lease(&bytes) {
+                let ours = reply.pttl > 0 && reply.pttl as u128 <= cfg.lease_ttl.as_millis();
+                if ours {
+                    None
+                } else {
+                    Some(Err(DecodeError::Foreign))
                 }
-                Ok(ReadOrLease::Busy) => {
+            } else {
+                Some(codec::decode::<V>(fingerprint, &bytes, cfg.max_value_bytes))
+            };
+            let judged = match verdict {
+                // Another process's lease: wait for its fill.
+                None => {
                     let now = tokio::time::Instant::now();
                     let until = *deadline.get_or_insert_with(|| {
                         Counters::bump(&c.lease_waits);
@@ -457,7 +480,49 @@ impl Runtime {
                     }
                     tokio::time::sleep(delay.min(until - now)).await;
                     delay = (delay * 2).min(Duration::from_millis(50));
+                    continue;
                 }
+                Some(Ok((v, written))) => {
+                    if !written.is_older_than(&current) {
+                        if written.is_newer_than(&current) {
+                            // A group invalidation we have not heard of: trust the value's
+                            // stamp from now on.
+                            gens.learn(gens.era(), site.name(), written);
+                        }
+                        return L2Read::Hit(v, remaining(reply.pttl));
+                    }
+                    // Written before a group invalidation: a miss.
+                    Counters::bump(&c.stale_generation_misses);
+                    bytes
+                }
+                Some(Err(DecodeError::Newer(_))) => {
+                    // A newer version of tiered wrote it: neither ours to delete nor to
+                    // overwrite (see the codec's compatibility rule).
+                    Counters::bump(&c.decode_failures);
+                    return L2Read::Compute;
+                }
+                Some(Err(e)) => {
+                    Counters::bump(&c.decode_failures);
+                    if Site::first_time(&site.warned_decode) {
+                        tracing::warn!(
+                            site = site.name(),
+                            key_hash = %key_hash(key),
+                            reason = %e,
+                            "tiered: bytes in Redis are not a valid value for this function; treating as a miss and overwriting (logged once per function)"
+                        );
+                    }
+                    bytes
+                }
+            };
+            // Delete exactly the bytes judged (never a lease or a value written since), then
+            // read again to take the lease (once).
+            if judged_once {
+                return L2Read::Compute;
+            }
+            judged_once = true;
+            if let Err(e) = l2.release_many(&[(key.as_str(), &judged)]).await {
+                e.count(c);
+                return L2Read::Compute;
             }
         }
     }
@@ -465,6 +530,7 @@ impl Runtime {
     /// Writes the computed value over our lease. `false` when the value must not be kept in
     /// L1 either: the flight was invalidated, or the lease was gone (deleted by an
     /// invalidation, or expired) so the fill was refused.
+    #[allow(clippy::too_many_arguments)]
     async fn fill_l2<V: Serialize>(
         &self,
         l2: &L2,
@@ -473,14 +539,17 @@ impl Runtime {
         lease: Lease,
         v: &V,
         fingerprint: &[u8; 16],
+        stamp: Stamp,
     ) -> bool {
-        let c = self.inner.stats.site(site);
+        let c = self.table().site(site);
         if guard.poisoned() {
             Counters::bump(&c.fills_refused);
-            lease.release(l2, c).await;
+            if let Err(e) = lease.release(l2).await {
+                e.count(c);
+            }
             return false;
         }
-        match codec::encode(fingerprint, v) {
+        match codec::encode(fingerprint, stamp, v) {
             Ok(bytes) if bytes.len() <= self.inner.config.max_value_bytes => {
                 match lease.fill(l2, &bytes, site.options().ttl).await {
                     Ok(true) => {
@@ -504,7 +573,9 @@ impl Runtime {
                 if let Err(e) = other {
                     tracing::debug!(site = site.name(), error = %e, "tiered: value could not be encoded for L2");
                 }
-                lease.release(l2, c).await;
+                if let Err(e) = lease.release(l2).await {
+                    e.count(c);
+                }
                 true
             }
         }
@@ -523,69 +594,11 @@ impl Runtime {
 enum L2Read<V> {
     /// A value, with the remaining TTL of its key.
     Hit(V, Option<Duration>),
-    /// Nothing there: we hold the fill lease.
-    Leased(Lease),
+    /// Nothing there: we hold the fill lease; the fill is stamped with these generations.
+    Leased(Lease, Stamp),
     /// Compute without filling (L2 unavailable, or another process's lease outlasted
     /// `lease_wait`).
     Compute,
-}
-
-/// A fill lease we hold in Redis. Dropped without [`fill`](Self::fill) or
-/// [`release`](Self::release) (the leader was cancelled or panicked), it is released in the
-/// background so that other processes need not wait for `lease_ttl`.
-struct Lease {
-    rt: Option<Runtime>,
-    key: String,
-    bytes: Vec<u8>,
-}
-
-impl Lease {
-    fn new(rt: Runtime, key: String, bytes: Vec<u8>) -> Lease {
-        Lease {
-            rt: Some(rt),
-            key,
-            bytes,
-        }
-    }
-
-    /// Replaces the lease with `value`. Cancelled half-way or failed, the lease is released
-    /// on drop (the release script deletes only our own lease, never a value).
-    async fn fill(
-        mut self,
-        l2: &L2,
-        value: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, crate::l2::L2Error> {
-        let r = l2.fill(&self.key, &self.bytes, value, ttl).await;
-        if r.is_ok() {
-            // Filled or refused: nothing of ours is left. On an error, drop releases it.
-            self.rt = None;
-        }
-        r
-    }
-
-    async fn release(mut self, l2: &L2, c: &Counters) {
-        if let Err(e) = l2.release(&self.key, &self.bytes).await {
-            e.count(c);
-        }
-        self.rt = None;
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take()
-            && let Ok(handle) = tokio::runtime::Handle::try_current()
-        {
-            let key = std::mem::take(&mut self.key);
-            let bytes = std::mem::take(&mut self.bytes);
-            handle.spawn(async move {
-                if let Some(l2) = rt.inner.l2.as_ref() {
-                    let _ = l2.release(&key, &bytes).await;
-                }
-            });
-        }
-    }
 }
 
 /// A fresh lease token: 16 random bytes (per-thread xorshift seeded from the OS hasher).

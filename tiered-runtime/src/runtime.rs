@@ -1,13 +1,17 @@
 //! [`Runtime`]: the cheap handle over one instance's L1, L2, flights and counters; the
 //! process-wide installed runtime; task-local scopes.
 
-use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
-use crate::bus::{Action, Bus, FlushReason, Generations};
-use crate::coalesce::Flights;
+use crate::codec::Stamp;
+use crate::coherence::bus::{self, Bus, Ctx};
+use crate::coherence::generations;
+use crate::coherence::lease::Janitor;
+use crate::coherence::local::{FlushReason, Local};
+use crate::coherence::message::{self, Action};
 use crate::config::{Builder, Config};
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -59,16 +63,30 @@ pub struct Runtime {
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
-    pub(crate) l2: Option<L2>,
-    /// Value type per key template, to report two sites that share a template (cold path).
-    templates: Mutex<HashMap<&'static str, &'static str>>,
-    pub(crate) flights: Flights,
-    pub(crate) stats: Arc<SiteTable>,
+    /// Redis (absent in embedded mode).
+    pub(crate) l2: Option<Arc<L2>>,
+    /// Flights, L1s, counters and cached generations (what the bus tasks may touch).
+    pub(crate) local: Arc<Local>,
     /// The invalidation bus (with Redis only).
-    pub(crate) bus: Option<Bus>,
-    pub(crate) generations: Generations,
-    #[cfg(feature = "test-hooks")]
-    pub(crate) hooks: crate::hooks::Hooks,
+    pub(crate) bus: Option<Arc<Bus>>,
+    /// Releases leases their flights could not (with Redis only).
+    pub(crate) janitor: Option<Janitor>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Say goodbye, so that the other instances do not take this one's silence for lost
+        // invalidations (best effort: without a Tokio runtime nothing is sent).
+        if let (Some(l2), Some(bus)) = (self.l2.clone(), self.bus.as_ref())
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let bye = bus.bye();
+            let channel = bus.channel().to_owned();
+            handle.spawn(async move {
+                let _ = l2.publish(&channel, &bye).await;
+            });
+        }
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -86,17 +104,34 @@ impl Runtime {
     }
 
     pub(crate) async fn from_config(config: Config) -> Result<Runtime> {
-        let stats = Arc::new(SiteTable::new());
+        let table = Arc::new(SiteTable::new());
+        let local = Arc::new(Local::new(table.clone()));
         let Some(target) = config.redis.clone() else {
-            return Ok(Self::assemble(config, None, None, stats));
+            return Ok(Self::assemble(config, None, local, None, None));
         };
-        let l2 = L2::start(&target, &config, stats.clone()).await?;
-        let channel = crate::bus::channel(&config.namespace, target.db);
+        let l2 = Arc::new(L2::start(&target, &config, table.clone()).await?);
+        let channel = message::channel(&config.namespace, target.db);
+        let bus_client = bus::resp3(&target.client).map_err(|e| {
+            Error::config(
+                "redis_url",
+                format!(
+                    "cannot use it for the invalidation subscription ({:?})",
+                    e.kind()
+                ),
+            )
+        })?;
         // The subscription is confirmed before `build()` returns, so no invalidation sent
         // after that is missed. Unreachable Redis: degraded start, the task subscribes later.
         let initial = if l2.is_connected() {
-            match crate::bus::subscribe(&target.client, &channel, config.connect_timeout).await {
-                Ok(ps) => Some(ps),
+            match bus::subscribe(
+                &bus_client,
+                &channel,
+                config.connect_timeout,
+                config.bus_queue,
+            )
+            .await
+            {
+                Ok(sub) => Some(sub),
                 Err(e) if crate::l2::is_auth(&e) => {
                     return Err(Error::Auth {
                         addr: target.addr.clone(),
@@ -111,46 +146,57 @@ impl Runtime {
         } else {
             None
         };
-        let bus = Bus::new(
+        let bus = Arc::new(Bus::new(
             &config.namespace,
             target.db,
             config.bus_queue,
             initial.is_some(),
-        );
+        ));
         if initial.is_some() {
-            Counters::bump(&stats.runtime().bus_subscribes);
+            Counters::bump(&table.runtime().bus_subscribes);
         }
-        let capacity = config.bus_queue;
-        let rt = Self::assemble(config, Some(l2), Some(bus), stats);
-        crate::bus::spawn(Arc::downgrade(&rt.inner), initial, capacity);
+        let janitor = Janitor::start(Arc::downgrade(&l2), table);
+        let ctx = Ctx {
+            local: Arc::downgrade(&local),
+            bus: Arc::downgrade(&bus),
+            l2: Arc::downgrade(&l2),
+            client: bus_client,
+            connect_timeout: config.connect_timeout,
+            ping_timeout: config.l2_timeout.max(Duration::from_millis(250)),
+        };
+        let rt = Self::assemble(config, Some(l2), local, Some(bus), Some(janitor));
+        bus::spawn(ctx, initial);
         Ok(rt)
     }
 
     fn assemble(
         config: Config,
-        l2: Option<L2>,
-        bus: Option<Bus>,
-        stats: Arc<SiteTable>,
+        l2: Option<Arc<L2>>,
+        local: Arc<Local>,
+        bus: Option<Arc<Bus>>,
+        janitor: Option<Janitor>,
     ) -> Runtime {
         Runtime {
             inner: Arc::new(Inner {
-                templates: Mutex::new(HashMap::new()),
                 config,
                 l2,
-                flights: Flights::new(),
-                stats,
+                local,
                 bus,
-                generations: Generations::default(),
-                #[cfg(feature = "test-hooks")]
-                hooks: crate::hooks::Hooks::default(),
+                janitor,
             }),
         }
+    }
+
+    /// The per-site table of this runtime (counters, L1s).
+    #[inline]
+    pub(crate) fn table(&self) -> &SiteTable {
+        &self.inner.local.table
     }
 
     /// The pause points of this runtime (feature `test-hooks`, for tests only).
     #[cfg(feature = "test-hooks")]
     pub fn hooks(&self) -> &crate::hooks::Hooks {
-        &self.inner.hooks
+        &self.inner.local.hooks
     }
 
     fn embedded_default() -> Runtime {
@@ -159,7 +205,8 @@ impl Runtime {
              (call tiered::Runtime::builder()…install() at start-up to configure Redis)"
         );
         let config = Builder::defaults();
-        Self::assemble(config, None, None, Arc::new(SiteTable::new()))
+        let local = Arc::new(Local::new(Arc::new(SiteTable::new())));
+        Self::assemble(config, None, local, None, None)
     }
 
     /// The runtime memoized calls would use here: scoped, else installed, else the embedded
@@ -187,16 +234,16 @@ impl Runtime {
 
     /// A snapshot of the counters, summed and per site.
     pub fn stats(&self) -> Stats {
-        let (total, sites) = self.inner.stats.snapshot();
+        let (total, sites) = self.table().snapshot();
         Stats {
             total,
             sites,
-            inflight: self.inner.flights.len(),
-            l1_entries: self.inner.stats.l1s().map(|l1| l1.entry_count()).sum(),
+            inflight: self.inner.local.flights.len(),
+            l1_entries: self.table().l1s().map(|l1| l1.entry_count()).sum(),
             l2_configured: self.inner.l2.is_some(),
-            l2_connected: self.inner.l2.as_ref().is_some_and(L2::is_connected),
-            subscribed: self.inner.bus.as_ref().is_some_and(Bus::is_up),
-            bus_queue_peak: self.inner.bus.as_ref().map_or(0, Bus::queue_peak),
+            l2_connected: self.inner.l2.as_ref().is_some_and(|l2| l2.is_connected()),
+            subscribed: self.inner.bus.as_ref().is_some_and(|b| b.is_up()),
+            bus_queue_peak: self.inner.bus.as_ref().map_or(0, |b| b.queue_peak()),
         }
     }
 
@@ -260,32 +307,24 @@ impl Runtime {
 
     async fn invalidate_key(&self, site: &'static Site, key: Key) -> Result<()> {
         let inner = &*self.inner;
-        let c = inner.stats.site(site);
+        let c = self.table().site(site);
         Counters::bump(&c.invalidations_sent);
         self.evict_local(site.name(), key.as_str());
         let (Some(l2), Some(bus)) = (inner.l2.as_ref(), inner.bus.as_ref()) else {
             return Ok(());
         };
-        let l2_key = if site.options().tiers.l2() {
-            match self.l2_key(l2, site, &key).await {
-                Ok(k) => Some(k),
-                Err(e) => {
-                    Counters::bump(&c.invalidations_failed);
-                    e.count(c);
-                    bus.skip();
-                    return Err(e.into_error("invalidate", l2.timeout()));
-                }
-            }
+        // Keys carry no generation: this deletes the entry every instance reads, whatever
+        // generations any of them knows.
+        let del: &[&str] = if site.options().tiers.l2() {
+            &[key.as_str()]
         } else {
-            None
+            &[]
         };
         let message = bus.message(Action::Keys {
             site: site.name().to_owned(),
             keys: vec![key.as_str().to_owned()],
         });
-        let result = l2
-            .del_and_publish(l2_key.as_deref(), bus.channel(), &message)
-            .await;
+        let result = l2.del_and_publish(del, bus.channel(), &message).await;
         // Again after the delete: a flight that started between the first eviction and the
         // DEL may have read the old value from Redis.
         self.evict_local(site.name(), key.as_str());
@@ -296,25 +335,21 @@ impl Runtime {
         })
     }
 
-    /// Invalidates every entry of `site` (the generated `invalidate_all_<fn>()`): its
-    /// generation in Redis is incremented (so every older key of the site becomes unreachable
-    /// without a `SCAN`; old keys expire with their TTL), this runtime's L1 of the site is
-    /// dropped, and the new generation is announced to the other instances.
+    /// Invalidates every entry of `site` (the generated `invalidate_all_<fn>()`) in every
+    /// instance: its generation in Redis is incremented (every value written before is stamped
+    /// with an older one and becomes a miss, without a `SCAN`; old values expire with their
+    /// TTL), this runtime's L1 of the site is dropped, and the new generation is announced.
     pub async fn invalidate_site(&self, site: &'static Site) -> Result<()> {
-        let c = self.inner.stats.site(site);
+        let c = self.table().site(site);
         Counters::bump(&c.invalidations_sent);
-        let ns = &self.inner.config.namespace;
         let result = self
-            .bump_generation(
-                &crate::bus::site_generation_key(ns, site.name()),
-                |generation| Action::Site {
-                    site: site.name().to_owned(),
-                    generation,
-                },
-            )
+            .bump_generation(site.name(), |generation| Action::Site {
+                site: site.name().to_owned(),
+                generation,
+            })
             .await;
         // After the new generation is known locally: flights that started before it are
-        // poisoned, later ones read the new keys.
+        // poisoned, later ones read under the new generation.
         self.drop_site(Some(site.name()));
         result.inspect_err(|_| Counters::bump(&c.invalidations_failed))
     }
@@ -323,105 +358,65 @@ impl Runtime {
     /// instance: the namespace's generation in Redis is incremented, L1 is flushed, and the new
     /// generation is announced. Without Redis, flushes L1.
     pub async fn invalidate_all(&self) -> Result<()> {
-        let c = self.inner.stats.runtime();
+        let c = self.table().runtime();
         Counters::bump(&c.invalidations_sent);
-        let key = crate::bus::namespace_generation_key(&self.inner.config.namespace);
         let result = self
-            .bump_generation(&key, |generation| Action::All { generation })
+            .bump_generation(generations::NAMESPACE_FIELD, |generation| Action::All {
+                generation,
+            })
             .await;
         self.flush(FlushReason::Manual);
         result.inspect_err(|_| Counters::bump(&c.invalidations_failed))
     }
 
-    /// `INCR` of a generation key, recorded locally, then announced.
-    async fn bump_generation(&self, key: &str, action: impl FnOnce(u64) -> Action) -> Result<()> {
+    /// `HINCRBY` of a generation, recorded locally, then announced. A failure uses up a
+    /// sequence number, so that receivers notice (the increment may have happened).
+    async fn bump_generation(&self, field: &str, action: impl FnOnce(u64) -> Action) -> Result<()> {
         let (Some(l2), Some(bus)) = (self.inner.l2.as_ref(), self.inner.bus.as_ref()) else {
             return Ok(());
         };
-        let generation = l2.incr(key).await.map_err(|e| {
+        let key = generations::key(&self.inner.config.namespace);
+        let generation = l2.hincr(&key, field).await.map_err(|e| {
             bus.skip();
             e.into_error("invalidate", l2.timeout())
         })?;
         let action = action(generation);
+        let gens = &self.inner.local.generations;
         match &action {
-            Action::Site { site, generation } => self.inner.generations.set_site(site, *generation),
-            Action::All { generation } => self.inner.generations.set_namespace(*generation),
-            Action::Keys { .. } => {}
+            Action::Site { site, generation } => gens.set_site(site, *generation),
+            Action::All { generation } => gens.set_namespace(*generation),
+            _ => {}
         }
         let message = bus.message(action);
-        l2.del_and_publish(None, bus.channel(), &message)
+        l2.publish(bus.channel(), &message)
             .await
             .map_err(|e| e.into_error("invalidate", l2.timeout()))
     }
 
-    /// The Redis key of `key`: the key itself while the namespace's and the site's generations
-    /// are 0, else followed by `:~g{namespace}.{site}` (a `:` never comes from a value, since
-    /// values encode it). Reads the generations from Redis when they are not known (one round
-    /// trip, once per site and subscription).
-    pub(crate) async fn l2_key(
-        &self,
-        l2: &L2,
-        site: &'static Site,
-        key: &Key,
-    ) -> std::result::Result<String, crate::l2::L2Error> {
-        let gens = &self.inner.generations;
-        let (ns, sg) = match gens.get(site.name()) {
-            Ok(g) => g,
-            Err(era) => {
-                let namespace = &self.inner.config.namespace;
-                let (ns, sg) = l2
-                    .get_two(
-                        &crate::bus::namespace_generation_key(namespace),
-                        &crate::bus::site_generation_key(namespace, site.name()),
-                    )
-                    .await?;
-                gens.learn(era, site.name(), ns, sg);
-                (ns, sg)
-            }
-        };
-        Ok(if ns == 0 && sg == 0 {
-            key.as_str().to_owned()
-        } else {
-            format!("{}:~g{ns}.{sg}", key.as_str())
-        })
-    }
-
-    /// Evicts `key` from the L1 of the site(s) named `site` and detaches its flight.
-    pub(crate) fn evict_local(&self, site: &str, key: &str) {
-        self.inner.flights.invalidate_key(key, || {
-            for (s, slot) in self.inner.stats.slots() {
-                if s.name() == site
-                    && let Some(l1) = slot.l1.get()
-                {
-                    l1.remove(key);
-                }
-            }
-        });
-    }
-
-    /// Starts a new L1 epoch for the site(s) named `site` (every site when `None`) and
-    /// detaches their flights.
-    pub(crate) fn drop_site(&self, site: Option<&str>) {
-        self.inner.flights.invalidate_site(site, || {
-            for (s, slot) in self.inner.stats.slots() {
-                if site.is_none_or(|name| name == s.name())
-                    && let Some(l1) = slot.l1.get()
-                {
-                    l1.new_epoch();
-                }
-            }
-        });
-    }
-
-    /// Drops every L1 entry and every flight's right to store (see [`FlushReason`]).
-    pub(crate) fn flush(&self, reason: FlushReason) {
-        if reason != FlushReason::Manual {
-            // Messages may have been lost, generation announcements among them: read the
-            // generations from Redis again before the next L2 access.
-            self.inner.generations.forget();
+    /// The generations an L2 read of `site` may rely on without asking Redis: the cached ones,
+    /// while the subscription is up (else every read asks). `Err` carries the era to learn
+    /// under.
+    pub(crate) fn known_generations(&self, site: &'static Site) -> std::result::Result<Stamp, u64> {
+        let gens = &self.inner.local.generations;
+        match self.inner.bus.as_ref() {
+            Some(bus) if bus.is_up() => gens.get(site.name()),
+            _ => Err(gens.era()),
         }
-        self.drop_site(None);
-        reason.count(self.inner.stats.runtime());
+    }
+
+    /// Evicts `key` from the L1 of the site named `site` and detaches its flight.
+    pub(crate) fn evict_local(&self, site: &str, key: &str) {
+        self.inner.local.evict(site, key);
+    }
+
+    /// Starts a new L1 epoch for the site named `site` (every site when `None`).
+    pub(crate) fn drop_site(&self, site: Option<&str>) {
+        self.inner.local.drop_site(site);
+    }
+
+    /// Drops every L1 entry and every flight's right to store.
+    pub(crate) fn flush(&self, reason: FlushReason) {
+        self.inner.local.flush(reason);
     }
 
     /// Removes every entry from this runtime's L1 (this instance only; see
@@ -440,11 +435,10 @@ impl Runtime {
         &self,
         site: &'static Site,
     ) -> Option<&TypedL1<V>> {
-        let slot = self.inner.stats.slot(site);
+        let slot = self.table().slot(site);
         let l1 = match slot.l1.get() {
             Some(l1) => l1,
             None => slot.l1.get_or_init(|| {
-                self.register_type::<V>(site);
                 Box::new(TypedL1::<V>::new(
                     self.inner.config.l1_max_entries,
                     self.inner.config.l1_max_ttl,
@@ -452,30 +446,6 @@ impl Runtime {
             }),
         };
         l1.as_any().downcast_ref::<TypedL1<V>>()
-    }
-
-    /// Reports (ERROR, once per site) two sites whose templates and value types collide: their
-    /// L1s are separate, but in L2 each reads the other's entries as decode failures.
-    fn register_type<V: 'static>(&self, site: &'static Site) {
-        let ty = std::any::type_name::<V>();
-        let mut templates = self
-            .inner
-            .templates
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let known = *templates.entry(site.template()).or_insert(ty);
-        if known != ty {
-            crate::stats::Counters::bump(&self.inner.stats.site(site).type_conflicts);
-            if Site::first_time(&site.warned_type) {
-                tracing::error!(
-                    site = site.name(),
-                    template = site.template(),
-                    this_type = ty,
-                    other_type = known,
-                    "tiered: two functions with different return types share this key template; in Redis each will overwrite the other's entries"
-                );
-            }
-        }
     }
 }
 

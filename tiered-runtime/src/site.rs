@@ -110,7 +110,7 @@ pub struct Site {
     index: OnceLock<usize>,
     fingerprint: OnceLock<[u8; 16]>,
     pub(crate) warned_decode: AtomicBool,
-    pub(crate) warned_type: AtomicBool,
+    pub(crate) warned_shared_template: AtomicBool,
     pub(crate) warned_template: AtomicBool,
 }
 
@@ -125,7 +125,7 @@ impl Site {
             index: OnceLock::new(),
             fingerprint: OnceLock::new(),
             warned_decode: AtomicBool::new(false),
-            warned_type: AtomicBool::new(false),
+            warned_shared_template: AtomicBool::new(false),
             warned_template: AtomicBool::new(false),
         }
     }

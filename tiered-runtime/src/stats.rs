@@ -1,7 +1,8 @@
 //! Counters, per runtime and per site, and their snapshot ([`Stats`]).
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use crate::l1::ErasedL1;
 use crate::site::Site;
@@ -63,6 +64,8 @@ counters! {
     l2_skips,
     /// Bytes in L2 that were not a value of ours (corrupt, foreign, wrong schema, oversized).
     decode_failures,
+    /// L2 entries written before a group invalidation (an older generation), read as misses.
+    stale_generation_misses,
     /// Values not written to L2 because they exceed `max_value_bytes` (or failed to encode).
     oversize_skips,
     /// Keys invalidated by this runtime.
@@ -82,6 +85,13 @@ counters! {
     l1_flushes_sequence_gap,
     /// … because the invalidation handler's queue was full.
     l1_flushes_overflow,
+    /// … because another instance went unheard for longer than its beacons allow.
+    l1_flushes_silence,
+    /// … because another instance was first heard with invalidations already sent, or sent
+    /// one this build cannot read.
+    l1_flushes_unverified,
+    /// … because an invalidation bus task ended unexpectedly and was restarted.
+    l1_flushes_bus_restart,
     /// Computed or promoted values not stored because an invalidation hit their key while they
     /// were in flight (or their Redis lease was gone at fill time).
     fills_refused,
@@ -89,14 +99,27 @@ counters! {
     lease_waits,
     /// Lease waits that ran out (`lease_wait`): the caller computed without filling.
     lease_timeouts,
+    /// Leases of ours deleted because their flight had nothing to fill (an `Err`, a `None`, a
+    /// failed read, a cancelled or panicking leader), by the flight or by the lease janitor.
+    leases_released,
+    /// Leases handed to the janitor because their flight could not release them (the read
+    /// timed out or was cancelled, the connection dropped).
+    leases_orphaned,
+    /// Leases the janitor gave up on (they expired in Redis by their TTL first).
+    leases_abandoned,
+    /// Bus tasks (reader, handler) restarted after ending unexpectedly.
+    bus_restarts,
+    /// Origins forgotten because too many were tracked at once.
+    bus_origins_evicted,
     /// Invalidation subscriptions established (the first one and every resubscription).
     bus_subscribes,
     /// Messages on the invalidation channel that were not ours (ignored).
     bus_bad_messages,
     /// This runtime's own messages received back from the channel (ignored).
     bus_own_messages,
-    /// Sites that share their key template with a site of another value type (reported once).
-    type_conflicts,
+    /// Sites that share their key template's shape with another site, so that the two read
+    /// and write the same keys (reported once per site).
+    template_conflicts,
     /// Circuit breaker transitions (closed→open, open→half-open→closed …).
     breaker_transitions,
     /// Successful (re)connections to Redis.
@@ -169,6 +192,8 @@ pub(crate) struct SiteTable {
     chunks: [OnceLock<Box<[Slot]>>; CHUNKS],
     overflow: Slot,
     runtime: Counters,
+    /// The first site seen with each template shape (cold path: first use of a site).
+    shapes: Mutex<HashMap<String, &'static str>>,
 }
 
 impl SiteTable {
@@ -177,6 +202,7 @@ impl SiteTable {
             chunks: std::array::from_fn(|_| OnceLock::new()),
             overflow: Slot::default(),
             runtime: Counters::default(),
+            shapes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -200,8 +226,38 @@ impl SiteTable {
         };
         let chunk = chunk.get_or_init(|| (0..CHUNK).map(|_| Slot::default()).collect());
         let slot = &chunk[i % CHUNK];
-        slot.site.get_or_init(|| site);
+        if slot.site.get().is_none() {
+            self.first_use(slot, site);
+        }
         slot
+    }
+
+    /// Reports (ERROR, once per site, counted in `template_conflicts`) a site whose template
+    /// has the shape of another site's: the two read and write the same keys in Redis (their
+    /// flights and L1s stay apart).
+    #[cold]
+    fn first_use(&self, slot: &Slot, site: &'static Site) {
+        if slot.site.set(site).is_err() {
+            return;
+        }
+        let Ok(template) = site.compiled() else {
+            return;
+        };
+        let other = {
+            let mut shapes = self.shapes.lock().unwrap_or_else(|p| p.into_inner());
+            *shapes.entry(template.shape()).or_insert(site.name())
+        };
+        if other != site.name() {
+            Counters::bump(&slot.counters.template_conflicts);
+            if Site::first_time(&site.warned_shared_template) {
+                tracing::error!(
+                    site = site.name(),
+                    other_site = other,
+                    template = site.template(),
+                    "tiered: two functions share this key template, so they read and write the same keys in Redis; give one of them another template"
+                );
+            }
+        }
     }
 
     /// Every site used in this runtime with its state.

@@ -75,18 +75,22 @@ pub(crate) fn is_auth(e: &redis::RedisError) -> bool {
     ) || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
 }
 
-/// What the first round trip of a miss found.
-pub(crate) enum ReadOrLease {
-    /// Bytes (not a lease) and the remaining TTL (`None`: no expiry).
-    Value(Vec<u8>, Option<Duration>),
-    /// Nothing was there; the lease is now ours.
-    Leased,
-    /// Another process holds the lease.
-    Busy,
+/// What the first round trip of a flight found (see [`L2::read`]).
+pub(crate) struct ReadReply {
+    /// The bytes under the key before our `SET NX` (`None`: the key was empty and the lease
+    /// is now ours).
+    pub(crate) value: Option<Vec<u8>>,
+    /// Remaining TTL of the key in ms (`-1` no expiry, `-2` missing).
+    pub(crate) pttl: i64,
+    /// The current generations, when they were asked for.
+    pub(crate) generations: Option<crate::codec::Stamp>,
 }
 
+/// The reply of [`L2::read`] when the generations are asked for.
+type ReadWithGenerations = (Option<Vec<u8>>, i64, (Option<u64>, Option<u64>));
+
 /// A PTTL reply as a remaining lifetime (`None`: the key has no expiry).
-fn remaining(pttl: i64) -> Option<Duration> {
+pub(crate) fn remaining(pttl: i64) -> Option<Duration> {
     match pttl {
         -1 => None,
         ms if ms < 0 => Some(Duration::ZERO),
@@ -95,9 +99,15 @@ fn remaining(pttl: i64) -> Option<Duration> {
 }
 
 /// A duration as Redis milliseconds (at least 1).
-fn millis(d: Duration) -> u64 {
+/// Capped at ten years: Redis refuses expiry times that overflow its clock.
+pub(crate) fn millis(d: Duration) -> u64 {
+    let d = d.min(crate::config::MAX_DURATION * 10);
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
+
+/// Deletes `KEYS[1]` only while it holds exactly `ARGV[1]`.
+const DEL_IF_EQUAL: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 enum Backend {
     Single(Arc<Single>),
@@ -143,31 +153,51 @@ impl L2 {
         }
     }
 
-    /// The miss path's first round trip: `GET`, `PTTL` and `SET key lease NX PX lease_ttl`,
-    /// pipelined. The `SET NX` is a no-op when the key exists, so a hit costs the same one round
-    /// trip; on a miss it takes the fill lease in that same round trip.
-    pub(crate) async fn read_or_lease(
+    /// A flight's first round trip: `SET key lease NX GET PX lease_ttl` (atomically the
+    /// value if there is one, else the lease is ours), `PTTL key`, and, when `generations` names
+    /// the generations hash and a function, `HMGET` of the namespace's and the function's
+    /// generations. One command for the value; every command touches one key.
+    pub(crate) async fn read(
         &self,
         key: &str,
         lease: &[u8],
         lease_ttl: Duration,
-    ) -> Result<ReadOrLease, L2Error> {
+        generations: Option<(&str, &str)>,
+    ) -> Result<ReadReply, L2Error> {
         let mut p = redis::pipe();
-        p.cmd("GET").arg(key).cmd("PTTL").arg(key);
         p.cmd("SET")
             .arg(key)
             .arg(lease)
             .arg("NX")
+            .arg("GET")
             .arg("PX")
             .arg(millis(lease_ttl));
-        let (value, pttl, set): (Option<Vec<u8>>, i64, Option<String>) = self.exec(&p).await?;
-        Ok(match value {
-            Some(v) if crate::codec::is_lease(&v) => ReadOrLease::Busy,
-            Some(v) => ReadOrLease::Value(v, remaining(pttl)),
-            None if set.is_some() => ReadOrLease::Leased,
-            // Another process took the lease between our GET and SET.
-            None => ReadOrLease::Busy,
-        })
+        p.cmd("PTTL").arg(key);
+        match generations {
+            None => {
+                let (value, pttl): (Option<Vec<u8>>, i64) = self.exec(&p).await?;
+                Ok(ReadReply {
+                    value,
+                    pttl,
+                    generations: None,
+                })
+            }
+            Some((hash, site)) => {
+                p.cmd("HMGET")
+                    .arg(hash)
+                    .arg(crate::coherence::generations::NAMESPACE_FIELD)
+                    .arg(site);
+                let (value, pttl, (namespace, site)): ReadWithGenerations = self.exec(&p).await?;
+                Ok(ReadReply {
+                    value,
+                    pttl,
+                    generations: Some(crate::codec::Stamp {
+                        namespace: namespace.unwrap_or(0),
+                        site: site.unwrap_or(0),
+                    }),
+                })
+            }
+        }
     }
 
     /// Replaces the lease `lease` under `key` with `value` (PX `ttl`), atomically, only while the
@@ -194,57 +224,51 @@ impl L2 {
         Ok(filled == 1)
     }
 
-    /// Deletes `key` if it still holds `lease` (a leader with nothing to store).
-    pub(crate) async fn release(&self, key: &str, lease: &[u8]) -> Result<(), L2Error> {
-        const RELEASE: &str =
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0";
+    /// Deletes each key only while it still holds exactly the given bytes (a lease of ours,
+    /// or bytes judged foreign), in one round trip.
+    pub(crate) async fn release_many(&self, items: &[(&str, &[u8])]) -> Result<(), L2Error> {
+        if items.is_empty() {
+            return Ok(());
+        }
         let mut p = redis::pipe();
-        p.cmd("EVAL")
-            .arg(RELEASE)
-            .arg(1)
-            .arg(key)
-            .arg(lease)
-            .ignore();
+        for (key, bytes) in items {
+            p.cmd("EVAL")
+                .arg(DEL_IF_EQUAL)
+                .arg(1)
+                .arg(*key)
+                .arg(*bytes)
+                .ignore();
+        }
         self.exec::<()>(&p).await
     }
 
-    /// `DEL key` (when given) then `PUBLISH channel message`, pipelined: one round trip, and the
-    /// delete is done before any receiver can act on the message.
+    /// `DEL` of `keys` then `PUBLISH channel message`, pipelined: one round trip, and the
+    /// deletes are done before any receiver can act on the message.
     pub(crate) async fn del_and_publish(
         &self,
-        key: Option<&str>,
+        keys: &[&str],
         channel: &str,
         message: &[u8],
     ) -> Result<(), L2Error> {
         let mut p = redis::pipe();
-        if let Some(key) = key {
-            p.cmd("DEL").arg(key).ignore();
+        for key in keys {
+            p.cmd("DEL").arg(*key).ignore();
         }
         p.cmd("PUBLISH").arg(channel).arg(message).ignore();
         self.exec::<()>(&p).await
     }
 
-    /// `INCR key`: the new value.
-    pub(crate) async fn incr(&self, key: &str) -> Result<u64, L2Error> {
+    /// `PUBLISH channel message`.
+    pub(crate) async fn publish(&self, channel: &str, message: &[u8]) -> Result<(), L2Error> {
+        self.del_and_publish(&[], channel, message).await
+    }
+
+    /// `HINCRBY key field 1`: the new value.
+    pub(crate) async fn hincr(&self, key: &str, field: &str) -> Result<u64, L2Error> {
         let mut p = redis::pipe();
-        p.cmd("INCR").arg(key);
+        p.cmd("HINCRBY").arg(key).arg(field).arg(1);
         let (n,): (u64,) = self.exec(&p).await?;
         Ok(n)
-    }
-
-    /// `MGET` of two integer keys (absent = 0).
-    pub(crate) async fn get_two(&self, a: &str, b: &str) -> Result<(u64, u64), L2Error> {
-        let mut p = redis::pipe();
-        p.cmd("MGET").arg(a).arg(b);
-        let ((x, y),): ((Option<u64>, Option<u64>),) = self.exec(&p).await?;
-        Ok((x.unwrap_or(0), y.unwrap_or(0)))
-    }
-
-    /// `DEL key`.
-    pub(crate) async fn del(&self, key: &str) -> Result<(), L2Error> {
-        let mut p = redis::pipe();
-        p.cmd("DEL").arg(key).ignore();
-        self.exec::<()>(&p).await
     }
 
     async fn exec<T: redis::FromRedisValue>(&self, p: &redis::Pipeline) -> Result<T, L2Error> {

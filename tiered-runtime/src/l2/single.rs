@@ -98,22 +98,30 @@ impl Single {
         conn: &MultiplexedConnection,
         namespace: &str,
     ) -> Result<(), Error> {
-        let key = format!("{namespace}:__tiered_probe__");
+        // The runtime's own keys, where no rendered key can land.
+        let key = crate::key::internal(namespace, "probe");
+        let hash = crate::key::internal(namespace, "probe-gen");
         let mut p = redis::pipe();
-        p.cmd("SET").arg(&key).arg("1").arg("PX").arg(1000).ignore();
-        p.cmd("GET").arg(&key).ignore();
+        // The read of a flight, the fill and release scripts (GET, SET, DEL inside).
+        p.cmd("SET")
+            .arg(&key)
+            .arg("1")
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(1000)
+            .ignore();
         p.cmd("PTTL").arg(&key).ignore();
-        p.cmd("MGET").arg(&key).arg(&key).ignore();
-        // The fill and release scripts run GET, SET and DEL on our keys.
         p.cmd("EVAL")
-            .arg("redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], '1', 'PX', 1000) return 0")
+            .arg("redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], '1', 'PX', 1000) redis.call('DEL', KEYS[1]) return 0")
             .arg(1)
             .arg(&key)
             .ignore();
         p.cmd("DEL").arg(&key).ignore();
-        // Generations are counters.
-        p.cmd("INCR").arg(&key).ignore();
-        p.cmd("DEL").arg(&key).ignore();
+        // Generations live in a hash.
+        p.cmd("HINCRBY").arg(&hash).arg("*").arg(1).ignore();
+        p.cmd("HMGET").arg(&hash).arg("*").arg("x").ignore();
+        p.cmd("DEL").arg(&hash).ignore();
         let mut conn = conn.clone();
         match tokio::time::timeout(self.connect_timeout, p.query_async::<()>(&mut conn)).await {
             Ok(Err(e)) if is_auth(&e) => Err(Error::Auth {

@@ -1,0 +1,543 @@
+//! The invalidation bus over Redis Pub/Sub: publishing side, subscriber, handler, beacons.
+//!
+//! * **Publishing.** Every invalidation gets the next number of this runtime's sequence, also
+//!   when it then fails; a beacon every [`BEACON`] says which number was last assigned, so
+//!   receivers notice a lost message (see [`sequence`](super::sequence)).
+//! * **Subscriber.** A RESP3 connection whose pushes go straight into a bounded queue
+//!   ([`PushQueue`]): nothing between Redis and this runtime can grow without bound. The reader
+//!   task checks each message's number, ignores its own messages and hands invalidations to the
+//!   handler task through a second bounded queue; when either queue is full it flushes L1
+//!   instead of dropping a message silently. A PING every [`HEARTBEAT`] (sent beside the
+//!   reading, never in its way) detects a half-open link.
+//! * **Supervision.** A supervisor task owns the reader and the handler: if either ends while
+//!   the runtime lives (a panic, for example in a user `Drop` run by an eviction), both are
+//!   restarted with a fresh subscription, and L1 starts a new epoch.
+//! * **Gaps.** Every loss of the subscription, and every loss the sequence tracking reports,
+//!   starts a new L1 epoch and forgets the cached generations. The task resubscribes with a
+//!   capped backoff for as long as the runtime lives; a new subscription starts a new epoch
+//!   again (entries written while unsubscribed are dropped).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
+use redis::{PushInfo, PushKind};
+use tokio::sync::mpsc;
+
+use super::local::{FlushReason, Local};
+use super::message::{self, Action, BUS_VERSION, Message, Received};
+use super::sequence::{BEACON, Loss, Origins};
+use crate::l2::{L2, describe, is_auth};
+use crate::stats::Counters;
+
+/// Interval of the PING on the subscriber connection.
+pub(crate) const HEARTBEAT: Duration = Duration::from_millis(500);
+/// Consecutive unanswered heartbeats after which the subscription is considered lost.
+const HEARTBEAT_MISSES: u32 = 2;
+/// How often the reader checks holes, silences and the queues.
+const CHECK: Duration = Duration::from_millis(50);
+const MIN_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The publishing side and the subscription state of one runtime.
+pub(crate) struct Bus {
+    instance: u64,
+    seq: AtomicU64,
+    channel: String,
+    up: AtomicBool,
+    queue_peak: AtomicUsize,
+    queue_capacity: usize,
+    last_overflow_warn: Mutex<Option<Instant>>,
+}
+
+impl Bus {
+    pub(crate) fn new(namespace: &str, db: i64, queue_capacity: usize, up: bool) -> Bus {
+        Bus {
+            instance: instance_id(),
+            seq: AtomicU64::new(0),
+            channel: message::channel(namespace, db),
+            up: AtomicBool::new(up),
+            queue_peak: AtomicUsize::new(0),
+            queue_capacity,
+            last_overflow_warn: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Whether the subscription is established (L1 entries written meanwhile are trusted).
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Largest number of messages that waited in the handler queue.
+    pub(crate) fn queue_peak(&self) -> usize {
+        self.queue_peak.load(Ordering::Relaxed)
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
+    }
+
+    /// Uses up a number without a message, for an invalidation that failed before anything
+    /// could be published: the next beacon reveals the hole, and receivers flush.
+    pub(crate) fn skip(&self) {
+        self.next_seq();
+    }
+
+    /// The encoded message for an invalidation, with the next number. A message that is then
+    /// not delivered leaves a hole that the next beacon reveals.
+    pub(crate) fn message(&self, action: Action) -> Vec<u8> {
+        self.encode(self.next_seq(), action)
+    }
+
+    fn encode(&self, seq: u64, action: Action) -> Vec<u8> {
+        Message {
+            v: BUS_VERSION,
+            origin: self.instance,
+            seq,
+            action,
+        }
+        .encode()
+    }
+
+    fn last(&self) -> u64 {
+        self.seq.load(Ordering::Relaxed)
+    }
+
+    /// The beacon: the last number assigned so far.
+    pub(crate) fn beacon(&self) -> Vec<u8> {
+        self.encode(0, Action::Beacon { last: self.last() })
+    }
+
+    /// The goodbye: this runtime ends after its last number.
+    pub(crate) fn bye(&self) -> Vec<u8> {
+        self.encode(0, Action::Bye { last: self.last() })
+    }
+}
+
+/// A random id per runtime instance (process id, time and a random hasher seed).
+fn instance_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(d.as_nanos());
+    }
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
+/// Pushes from the subscriber connection into a bounded queue; when it is full the push is
+/// dropped and `overflowed` set (the reader flushes L1).
+struct PushQueue {
+    tx: mpsc::Sender<PushInfo>,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl AsyncPushSender for PushQueue {
+    fn send(&self, info: PushInfo) -> Result<(), SendError> {
+        match self.tx.try_send(info) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflowed.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError),
+        }
+    }
+}
+
+/// A confirmed subscription: its connection and its bounded push queue.
+pub(crate) struct Subscription {
+    conn: MultiplexedConnection,
+    pushes: mpsc::Receiver<PushInfo>,
+    overflowed: Arc<AtomicBool>,
+}
+
+/// A RESP3 client for `client`'s server (pushes on a multiplexed connection need RESP3).
+pub(crate) fn resp3(client: &redis::Client) -> redis::RedisResult<redis::Client> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(settings))
+}
+
+/// Connects and subscribes, bounded by `timeout`. Returns once Redis has confirmed.
+pub(crate) async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+    timeout: Duration,
+    capacity: usize,
+) -> Result<Subscription, redis::RedisError> {
+    let (tx, pushes) = mpsc::channel(capacity);
+    let overflowed = Arc::new(AtomicBool::new(false));
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_push_sender(PushQueue {
+            tx,
+            overflowed: overflowed.clone(),
+        });
+    let attempt = async {
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        conn.subscribe(channel).await?;
+        Ok(conn)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(conn)) => Ok(Subscription {
+            conn,
+            pushes,
+            overflowed,
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "subscribe timed out",
+        ))),
+    }
+}
+
+/// What the bus tasks hold of their runtime: weak handles, so they end with it.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub(crate) local: Weak<Local>,
+    pub(crate) bus: Weak<Bus>,
+    pub(crate) l2: Weak<L2>,
+    /// A RESP3 client for the subscription.
+    pub(crate) client: redis::Client,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) ping_timeout: Duration,
+}
+
+impl Ctx {
+    fn upgrade(&self) -> Option<(Arc<Local>, Arc<Bus>)> {
+        Some((self.local.upgrade()?, self.bus.upgrade()?))
+    }
+}
+
+/// Starts the bus tasks of a runtime; `initial` is the subscription made by `build()`.
+pub(crate) fn spawn(ctx: Ctx, initial: Option<Subscription>) {
+    tokio::spawn(supervise(ctx.clone(), initial));
+    tokio::spawn(beacons(ctx));
+}
+
+/// Publishes a beacon every [`BEACON`], through L2 (time-boxed, behind the breaker): an
+/// instance that cannot publish its beacons cannot publish its invalidations either, and its
+/// silence tells the others.
+async fn beacons(ctx: Ctx) {
+    let mut tick = tokio::time::interval(BEACON);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (Some(bus), Some(l2)) = (ctx.bus.upgrade(), ctx.l2.upgrade()) else {
+            return;
+        };
+        let _ = l2.publish(bus.channel(), &bus.beacon()).await;
+    }
+}
+
+/// Runs the reader and the handler; restarts both if either ends while the runtime lives.
+async fn supervise(ctx: Ctx, mut initial: Option<Subscription>) {
+    loop {
+        let Some((_, bus)) = ctx.upgrade() else {
+            return;
+        };
+        let (tx, rx) = mpsc::channel(bus.queue_capacity);
+        drop(bus);
+        let mut handler = tokio::spawn(handle(ctx.clone(), rx));
+        let mut reader = tokio::spawn(subscriber(ctx.clone(), initial.take(), tx));
+        let outcome = tokio::select! {
+            r = &mut handler => ("handler", r),
+            r = &mut reader => ("reader", r),
+        };
+        handler.abort();
+        reader.abort();
+        let Some((local, bus)) = ctx.upgrade() else {
+            return;
+        };
+        let (task, result) = outcome;
+        bus.up.store(false, Ordering::Release);
+        local.flush(FlushReason::BusRestart);
+        Counters::bump(&local.table.runtime().bus_restarts);
+        tracing::warn!(
+            task,
+            panicked = result.as_ref().is_err_and(|e| e.is_panic()),
+            "tiered: an invalidation bus task ended unexpectedly; L1 flushed, restarting it"
+        );
+        drop((local, bus));
+        tokio::time::sleep(MIN_BACKOFF).await;
+    }
+}
+
+/// Subscribes (again and again, for as long as the runtime lives) and reads.
+async fn subscriber(ctx: Ctx, mut initial: Option<Subscription>, tx: mpsc::Sender<Action>) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let sub = match initial.take() {
+            Some(sub) => sub,
+            None => {
+                let Some((_, bus)) = ctx.upgrade() else {
+                    return;
+                };
+                let channel = bus.channel().to_owned();
+                let capacity = bus.queue_capacity;
+                drop(bus);
+                match subscribe(&ctx.client, &channel, ctx.connect_timeout, capacity).await {
+                    Ok(sub) => {
+                        let Some((local, bus)) = ctx.upgrade() else {
+                            return;
+                        };
+                        local.flush(FlushReason::Subscribed);
+                        bus.up.store(true, Ordering::Release);
+                        Counters::bump(&local.table.runtime().bus_subscribes);
+                        tracing::info!(
+                            channel = bus.channel(),
+                            "tiered: invalidation subscription is up; L1 entries written without it were dropped"
+                        );
+                        sub
+                    }
+                    Err(e) => {
+                        if is_auth(&e) {
+                            tracing::error!(error = %describe(&e), "tiered: Redis refuses the invalidation subscription; retrying");
+                        } else {
+                            tracing::debug!(error = %describe(&e), "tiered: resubscribe attempt failed");
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        continue;
+                    }
+                }
+            }
+        };
+        backoff = MIN_BACKOFF;
+        let Some(reason) = read(&ctx, sub, &tx).await else {
+            return;
+        };
+        let Some((local, bus)) = ctx.upgrade() else {
+            return;
+        };
+        bus.up.store(false, Ordering::Release);
+        local.flush(FlushReason::Disconnect);
+        tracing::info!(
+            reason,
+            "tiered: lost the invalidation subscription; L1 flushed, resubscribing"
+        );
+    }
+}
+
+type Ping = std::pin::Pin<Box<dyn Future<Output = PingResult> + Send>>;
+
+enum PingResult {
+    Ok,
+    Broken,
+    Missed,
+}
+
+fn ping(mut conn: MultiplexedConnection, timeout: Duration) -> Ping {
+    Box::pin(async move {
+        match tokio::time::timeout(
+            timeout,
+            redis::cmd("PING").query_async::<redis::Value>(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(_)) => PingResult::Ok,
+            Ok(Err(e))
+                if e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_io_error() =>
+            {
+                PingResult::Broken
+            }
+            Ok(Err(_)) | Err(_) => PingResult::Missed,
+        }
+    })
+}
+
+/// Reads until the subscription is lost (`Some(reason)`) or the runtime is gone (`None`).
+async fn read(ctx: &Ctx, sub: Subscription, tx: &mpsc::Sender<Action>) -> Option<&'static str> {
+    let Subscription {
+        conn,
+        mut pushes,
+        overflowed,
+    } = sub;
+    let mut origins = Origins::new(Instant::now());
+    let mut tick = tokio::time::interval(CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_ping = Instant::now() + HEARTBEAT;
+    let mut pinging: Option<Ping> = None;
+    let mut misses = 0u32;
+    loop {
+        tokio::select! {
+            push = pushes.recv() => {
+                let Some(push) = push else {
+                    return Some("the subscriber connection closed");
+                };
+                let (local, bus) = ctx.upgrade()?;
+                match push.kind {
+                    PushKind::Message => {
+                        if let Some(redis::Value::BulkString(payload)) = push.data.get(1) {
+                            receive(&local, &bus, payload, &mut origins, tx);
+                        }
+                    }
+                    PushKind::Disconnection => return Some("the subscriber connection closed"),
+                    _ => {}
+                }
+            }
+            result = async { match pinging.as_mut() { Some(p) => p.await, None => std::future::pending().await } } => {
+                pinging = None;
+                match result {
+                    PingResult::Ok => misses = 0,
+                    PingResult::Broken => return Some("the subscriber connection failed"),
+                    PingResult::Missed => {
+                        misses += 1;
+                        if misses >= HEARTBEAT_MISSES {
+                            return Some("the subscriber connection stopped answering heartbeats");
+                        }
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                let (local, bus) = ctx.upgrade()?;
+                let now = Instant::now();
+                if let Some(loss) = origins.tick(now) {
+                    lost(&local, loss);
+                }
+                if overflowed.swap(false, Ordering::AcqRel) {
+                    overflow(&local, &bus);
+                }
+                let evicted = origins.evicted();
+                let c = local.table.runtime();
+                let known = c.bus_origins_evicted.load(Ordering::Relaxed);
+                if evicted > known {
+                    c.bus_origins_evicted.fetch_add(evicted - known, Ordering::Relaxed);
+                }
+                if pinging.is_none() && now >= next_ping {
+                    next_ping = now + HEARTBEAT;
+                    pinging = Some(ping(conn.clone(), ctx.ping_timeout));
+                }
+            }
+        }
+    }
+}
+
+/// One message from the channel, in the reader task.
+fn receive(
+    local: &Local,
+    bus: &Bus,
+    payload: &[u8],
+    origins: &mut Origins,
+    tx: &mpsc::Sender<Action>,
+) {
+    let c = local.table.runtime();
+    let now = Instant::now();
+    let msg = match message::decode(payload) {
+        Received::Message(m) => m,
+        Received::UnknownAction { origin, .. } if origin == bus.instance => {
+            Counters::bump(&c.bus_own_messages);
+            return;
+        }
+        Received::UnknownAction { origin, seq } => {
+            origins.message(origin, seq, now);
+            tracing::info!(
+                "tiered: an invalidation of a newer tiered version could not be read; flushing L1"
+            );
+            local.flush(FlushReason::Unverified);
+            return;
+        }
+        Received::Foreign => {
+            Counters::bump(&c.bus_bad_messages);
+            tracing::debug!(
+                "tiered: ignoring a message on the invalidation channel that is not ours"
+            );
+            return;
+        }
+    };
+    if msg.origin == bus.instance {
+        Counters::bump(&c.bus_own_messages);
+        return;
+    }
+    let loss = match &msg.action {
+        Action::Beacon { last } => origins.beacon(msg.origin, *last, now),
+        Action::Bye { last } => origins.bye(msg.origin, *last, now),
+        _ => origins.message(msg.origin, msg.seq, now),
+    };
+    if let Some(loss) = loss {
+        lost(local, loss);
+    }
+    if !msg.action.is_numbered() {
+        return;
+    }
+    match tx.try_send(msg.action) {
+        Ok(()) => {
+            let len = tx.max_capacity() - tx.capacity();
+            bus.queue_peak.fetch_max(len, Ordering::Relaxed);
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => overflow(local, bus),
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
+fn lost(local: &Local, loss: Loss) {
+    let reason = match loss {
+        Loss::Gap => FlushReason::SequenceGap,
+        Loss::Silence => FlushReason::Silence,
+        Loss::Unverified => FlushReason::Unverified,
+    };
+    tracing::info!(
+        ?reason,
+        "tiered: invalidations from another instance may have been lost; flushing L1"
+    );
+    local.flush(reason);
+}
+
+fn overflow(local: &Local, bus: &Bus) {
+    local.flush(FlushReason::Overflow);
+    let now = Instant::now();
+    let mut last = bus
+        .last_overflow_warn
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)) {
+        *last = Some(now);
+        tracing::warn!(
+            capacity = bus.queue_capacity,
+            "tiered: invalidation queue full; flushing L1 instead of dropping messages (rate-limited: once a minute; see l1_flushes_overflow)"
+        );
+    }
+}
+
+/// Applies queued actions in order.
+async fn handle(ctx: Ctx, mut rx: mpsc::Receiver<Action>) {
+    while let Some(action) = rx.recv().await {
+        let Some(local) = ctx.local.upgrade() else {
+            return;
+        };
+        #[cfg(feature = "test-hooks")]
+        local.hooks.handler.pass().await;
+        match &action {
+            Action::Keys { site, keys } => {
+                for key in keys {
+                    local.evict(site, key);
+                }
+            }
+            Action::Site { site, generation } => {
+                local.generations.set_site(site, *generation);
+                local.drop_site(Some(site));
+            }
+            Action::All { generation } => {
+                local.generations.set_namespace(*generation);
+                local.flush(FlushReason::Manual);
+            }
+            Action::Beacon { .. } | Action::Bye { .. } => continue,
+        }
+        Counters::bump(&local.table.runtime().invalidations_received);
+    }
+}

@@ -1,0 +1,115 @@
+//! The local side of coherence: what an invalidation does to this instance's L1 and flights.
+//!
+//! [`Local`] is the small handle the bus tasks hold instead of the runtime: the flights, the
+//! per-site table (counters and L1s) and the cached generations.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use crate::coalesce::Flights;
+use crate::stats::{Counters, SiteTable};
+
+use super::generations::Generations;
+
+/// Why L1 starts a new epoch as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FlushReason {
+    /// `Runtime::flush_l1` or a group invalidation.
+    Manual,
+    /// The subscription was lost.
+    Disconnect,
+    /// A (re)subscription came up: entries written while unsubscribed go.
+    Subscribed,
+    /// A message from a known origin is missing.
+    SequenceGap,
+    /// The handler queue was full.
+    Overflow,
+    /// An origin went unheard for longer than its beacons allow.
+    Silence,
+    /// An origin was first heard with numbers already in use, or sent an action this build
+    /// cannot read.
+    Unverified,
+    /// A bus task ended unexpectedly (a panic) and was restarted.
+    BusRestart,
+}
+
+impl FlushReason {
+    fn counter(self, c: &Counters) -> Option<&AtomicU64> {
+        match self {
+            FlushReason::Manual => None,
+            FlushReason::Disconnect => Some(&c.l1_flushes_disconnect),
+            FlushReason::Subscribed => Some(&c.l1_flushes_subscribed),
+            FlushReason::SequenceGap => Some(&c.l1_flushes_sequence_gap),
+            FlushReason::Overflow => Some(&c.l1_flushes_overflow),
+            FlushReason::Silence => Some(&c.l1_flushes_silence),
+            FlushReason::Unverified => Some(&c.l1_flushes_unverified),
+            FlushReason::BusRestart => Some(&c.l1_flushes_bus_restart),
+        }
+    }
+
+    fn count(self, c: &Counters) {
+        Counters::bump(&c.l1_flushes);
+        if let Some(c) = self.counter(c) {
+            Counters::bump(c);
+        }
+    }
+}
+
+/// This instance's flights, L1s and cached generations.
+pub(crate) struct Local {
+    pub(crate) flights: Flights,
+    pub(crate) table: Arc<SiteTable>,
+    pub(crate) generations: Generations,
+    #[cfg(feature = "test-hooks")]
+    pub(crate) hooks: crate::hooks::Hooks,
+}
+
+impl Local {
+    pub(crate) fn new(table: Arc<SiteTable>) -> Local {
+        Local {
+            flights: Flights::new(),
+            table,
+            generations: Generations::default(),
+            #[cfg(feature = "test-hooks")]
+            hooks: crate::hooks::Hooks::default(),
+        }
+    }
+
+    /// Evicts `key` from the L1 of the site named `site` and detaches its flight.
+    pub(crate) fn evict(&self, site: &str, key: &str) {
+        self.flights.invalidate_key(site, key, || {
+            for (s, slot) in self.table.slots() {
+                if s.name() == site
+                    && let Some(l1) = slot.l1.get()
+                {
+                    l1.remove(key);
+                }
+            }
+        });
+    }
+
+    /// Starts a new L1 epoch for the site named `site` (every site when `None`) and detaches
+    /// their flights.
+    pub(crate) fn drop_site(&self, site: Option<&str>) {
+        self.flights.invalidate_site(site, || {
+            for (s, slot) in self.table.slots() {
+                if site.is_none_or(|name| name == s.name())
+                    && let Some(l1) = slot.l1.get()
+                {
+                    l1.new_epoch();
+                }
+            }
+        });
+    }
+
+    /// Drops every L1 entry and every flight's right to store. For every reason but
+    /// [`FlushReason::Manual`] messages may have been lost, generation announcements among
+    /// them: the cached generations are forgotten too.
+    pub(crate) fn flush(&self, reason: FlushReason) {
+        if reason != FlushReason::Manual {
+            self.generations.forget();
+        }
+        self.drop_site(None);
+        reason.count(self.table.runtime());
+    }
+}
