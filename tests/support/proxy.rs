@@ -13,6 +13,8 @@
 //!   are forwarded first, then whatever the kernel buffered meanwhile, in order. An end of stream
 //!   seen during the hold is forwarded only after it, too. New connections are accepted (and
 //!   connected upstream) but held as well.
+//! - [`Mode::Withhold`]: client bytes reach the server, server bytes are read and discarded: a
+//!   request takes effect but its reply is lost.
 //! - [`Mode::Refuse`]: new connections are accepted and reset at once (RST, never reaching
 //!   upstream), as close as an accepting socket gets to a refused connection. Live connections
 //!   keep flowing as in `Pass`.
@@ -40,6 +42,9 @@ pub enum Mode {
     Hold,
     /// Reset new connections at once; live ones keep flowing.
     Refuse,
+    /// Forward what clients send, swallow what the server answers: requests take effect,
+    /// replies never arrive.
+    Withhold,
 }
 
 /// A proxy on `127.0.0.1:<ephemeral>` forwarding every accepted connection to one upstream.
@@ -186,8 +191,8 @@ async fn serve(
         let (server_read, server_write) = server.split();
         let both = async {
             tokio::try_join!(
-                pump(client_read, server_write, mode.clone()),
-                pump(server_read, client_write, mode),
+                pump(client_read, server_write, mode.clone(), false),
+                pump(server_read, client_write, mode, true),
             )
         };
         tokio::select! {
@@ -205,7 +210,12 @@ async fn serve(
 
 /// Copies `from` to `to` until end of stream (forwarded as a write shutdown), never reading or
 /// writing while the mode is [`Mode::Hold`].
-async fn pump<R, W>(mut from: R, mut to: W, mut mode: watch::Receiver<Mode>) -> io::Result<()>
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    mut mode: watch::Receiver<Mode>,
+    replies: bool,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -218,6 +228,9 @@ where
         unheld(&mut mode).await;
         if n == 0 {
             return to.shutdown().await;
+        }
+        if replies && *mode.borrow() == Mode::Withhold {
+            continue;
         }
         to.write_all(&buf[..n]).await?;
     }

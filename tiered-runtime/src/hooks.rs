@@ -68,11 +68,40 @@ impl Gate {
     }
 }
 
-/// The pause points of one runtime ([`Runtime::hooks`](crate::Runtime::hooks)).
+/// The pause points and fault switches of one runtime
+/// ([`Runtime::hooks`](crate::Runtime::hooks)).
 #[derive(Debug, Default)]
 pub struct Hooks {
     /// After an L2 hit was decoded, before it is promoted to L1 and handed to followers.
     pub promotion: Gate,
     /// In the invalidation handler, before a received message is applied.
     pub handler: Gate,
+    /// Before bytes judged not to be a current value are deleted from Redis.
+    pub judged: Gate,
+    lost_publishes: AtomicUsize,
+    panic_handler: AtomicBool,
+}
+
+impl Hooks {
+    /// Loses the next `n` key invalidation messages "in transit": the `DEL` is sent, the
+    /// message is published where nobody listens, and the invalidation reports success (a
+    /// message lost between Redis and its subscribers).
+    pub fn lose_publishes(&self, n: usize) {
+        self.lost_publishes.store(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn take_lost_publish(&self) -> bool {
+        self.lost_publishes
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Makes the invalidation handler task panic on the next message it applies.
+    pub fn panic_handler(&self) {
+        self.panic_handler.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn take_handler_panic(&self) -> bool {
+        self.panic_handler.swap(false, Ordering::SeqCst)
+    }
 }

@@ -520,6 +520,8 @@ impl Runtime {
                 return L2Read::Compute;
             }
             judged_once = true;
+            #[cfg(feature = "test-hooks")]
+            inner.local.hooks.judged.pass().await;
             if let Err(e) = l2.release_many(&[(key.as_str(), &judged)]).await {
                 e.count(c);
                 return L2Read::Compute;

@@ -324,12 +324,22 @@ impl Runtime {
             site: site.name().to_owned(),
             keys: vec![key.as_str().to_owned()],
         });
-        let result = l2.del_and_publish(del, bus.channel(), &message).await;
+        let channel = bus.channel();
+        #[cfg(feature = "test-hooks")]
+        let lost = format!("{channel}:lost");
+        #[cfg(feature = "test-hooks")]
+        let channel = if inner.local.hooks.take_lost_publish() {
+            lost.as_str()
+        } else {
+            channel
+        };
+        let result = l2.del_and_publish(del, channel, &message).await;
         // Again after the delete: a flight that started between the first eviction and the
         // DEL may have read the old value from Redis.
         self.evict_local(site.name(), key.as_str());
         result.map_err(|e| {
             Counters::bump(&c.invalidations_failed);
+            bus.publish_failed();
             e.count(c);
             e.into_error("invalidate", l2.timeout())
         })
@@ -377,7 +387,9 @@ impl Runtime {
         };
         let key = generations::key(&self.inner.config.namespace);
         let generation = l2.hincr(&key, field).await.map_err(|e| {
+            // The increment may have happened: make receivers forget their generations.
             bus.skip();
+            bus.publish_failed();
             e.into_error("invalidate", l2.timeout())
         })?;
         let action = action(generation);
@@ -388,9 +400,10 @@ impl Runtime {
             _ => {}
         }
         let message = bus.message(action);
-        l2.publish(bus.channel(), &message)
-            .await
-            .map_err(|e| e.into_error("invalidate", l2.timeout()))
+        l2.publish(bus.channel(), &message).await.map_err(|e| {
+            bus.publish_failed();
+            e.into_error("invalidate", l2.timeout())
+        })
     }
 
     /// The generations an L2 read of `site` may rely on without asking Redis: the cached ones,

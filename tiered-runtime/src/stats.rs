@@ -92,6 +92,8 @@ counters! {
     l1_flushes_unverified,
     /// … because an invalidation bus task ended unexpectedly and was restarted.
     l1_flushes_bus_restart,
+    /// … because another instance reported an invalidation it could not publish.
+    l1_flushes_lost_publish,
     /// Computed or promoted values not stored because an invalidation hit their key while they
     /// were in flight (or their Redis lease was gone at fill time).
     fills_refused,

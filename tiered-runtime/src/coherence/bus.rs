@@ -45,6 +45,11 @@ pub(crate) struct Bus {
     instance: u64,
     seq: AtomicU64,
     channel: String,
+    /// `{namespace}:%~lost`: bumped by an origin whose invalidation may have been deleted in
+    /// Redis but not published; polled by every instance.
+    lost_key: String,
+    /// An invalidation of ours failed: bump `lost_key` as soon as Redis takes it.
+    lost_pending: AtomicBool,
     up: AtomicBool,
     queue_peak: AtomicUsize,
     queue_capacity: usize,
@@ -57,6 +62,8 @@ impl Bus {
             instance: instance_id(),
             seq: AtomicU64::new(0),
             channel: message::channel(namespace, db),
+            lost_key: crate::key::internal(namespace, "lost"),
+            lost_pending: AtomicBool::new(false),
             up: AtomicBool::new(up),
             queue_peak: AtomicUsize::new(0),
             queue_capacity,
@@ -86,6 +93,14 @@ impl Bus {
     /// could be published: the next beacon reveals the hole, and receivers flush.
     pub(crate) fn skip(&self) {
         self.next_seq();
+    }
+
+    /// An invalidation of ours may have changed Redis without reaching the channel: besides
+    /// the hole in our numbers (which our beacons reveal while we can publish), bump the
+    /// namespace's lost-publish counter (which every instance polls), for the case where we can
+    /// write keys but not publish.
+    pub(crate) fn publish_failed(&self) {
+        self.lost_pending.store(true, Ordering::Release);
     }
 
     /// The encoded message for an invalidation, with the next number. A message that is then
@@ -230,18 +245,43 @@ pub(crate) fn spawn(ctx: Ctx, initial: Option<Subscription>) {
     tokio::spawn(beacons(ctx));
 }
 
-/// Publishes a beacon every [`BEACON`], through L2 (time-boxed, behind the breaker): an
+/// Every [`BEACON`]: publishes this instance's beacon; bumps the lost-publish counter when an
+/// invalidation of ours failed; and every third beacon, reads that counter and starts a new L1
+/// epoch when another instance bumped it. All through L2 (time-boxed, behind the breaker): an
 /// instance that cannot publish its beacons cannot publish its invalidations either, and its
 /// silence tells the others.
 async fn beacons(ctx: Ctx) {
     let mut tick = tokio::time::interval(BEACON);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let mut seen: Option<u64> = None;
+    let mut ours = 0u64;
+    for round in 0u64.. {
         tick.tick().await;
         let (Some(bus), Some(l2)) = (ctx.bus.upgrade(), ctx.l2.upgrade()) else {
             return;
         };
         let _ = l2.publish(bus.channel(), &bus.beacon()).await;
+        if bus.lost_pending.swap(false, Ordering::AcqRel) {
+            match l2.incr(&bus.lost_key).await {
+                // Our own bump is no news to us.
+                Ok(_) => ours += 1,
+                Err(_) => bus.lost_pending.store(true, Ordering::Release),
+            }
+        }
+        if round % 3 == 0
+            && let Ok(n) = l2.get_counter(&bus.lost_key).await
+        {
+            let others = n.saturating_sub(ours);
+            if seen.is_some_and(|s| others > s)
+                && let Some(local) = ctx.local.upgrade()
+            {
+                tracing::info!(
+                    "tiered: another instance failed to publish an invalidation; flushing L1"
+                );
+                local.flush(FlushReason::LostPublish);
+            }
+            seen = Some(others.max(seen.unwrap_or(0)));
+        }
     }
 }
 
@@ -521,7 +561,12 @@ async fn handle(ctx: Ctx, mut rx: mpsc::Receiver<Action>) {
             return;
         };
         #[cfg(feature = "test-hooks")]
-        local.hooks.handler.pass().await;
+        {
+            local.hooks.handler.pass().await;
+            if local.hooks.take_handler_panic() {
+                panic!("test hook: the invalidation handler panics");
+            }
+        }
         match &action {
             Action::Keys { site, keys } => {
                 for key in keys {

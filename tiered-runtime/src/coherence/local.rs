@@ -31,6 +31,8 @@ pub(crate) enum FlushReason {
     Unverified,
     /// A bus task ended unexpectedly (a panic) and was restarted.
     BusRestart,
+    /// Another instance reported an invalidation it could not publish.
+    LostPublish,
 }
 
 impl FlushReason {
@@ -44,6 +46,7 @@ impl FlushReason {
             FlushReason::Silence => Some(&c.l1_flushes_silence),
             FlushReason::Unverified => Some(&c.l1_flushes_unverified),
             FlushReason::BusRestart => Some(&c.l1_flushes_bus_restart),
+            FlushReason::LostPublish => Some(&c.l1_flushes_lost_publish),
         }
     }
 

@@ -263,6 +263,22 @@ impl L2 {
         self.del_and_publish(&[], channel, message).await
     }
 
+    /// `INCR key`: the new value.
+    pub(crate) async fn incr(&self, key: &str) -> Result<u64, L2Error> {
+        let mut p = redis::pipe();
+        p.cmd("INCR").arg(key);
+        let (n,): (u64,) = self.exec(&p).await?;
+        Ok(n)
+    }
+
+    /// `GET key` of a counter (absent: 0).
+    pub(crate) async fn get_counter(&self, key: &str) -> Result<u64, L2Error> {
+        let mut p = redis::pipe();
+        p.cmd("GET").arg(key);
+        let (n,): (Option<u64>,) = self.exec(&p).await?;
+        Ok(n.unwrap_or(0))
+    }
+
     /// `HINCRBY key field 1`: the new value.
     pub(crate) async fn hincr(&self, key: &str, field: &str) -> Result<u64, L2Error> {
         let mut p = redis::pipe();

@@ -117,6 +117,9 @@ impl Single {
             .arg(1)
             .arg(&key)
             .ignore();
+        // The lost-publish counter.
+        p.cmd("INCR").arg(&key).ignore();
+        p.cmd("GET").arg(&key).ignore();
         p.cmd("DEL").arg(&key).ignore();
         // Generations live in a hash.
         p.cmd("HINCRBY").arg(&hash).arg("*").arg(1).ignore();

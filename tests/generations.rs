@@ -1,0 +1,118 @@
+//! Group invalidation that a missed announcement cannot defeat: keys carry no generation, and
+//! values are stamped with the generations they were written under, so an instance whose
+//! subscription is down (here: its ACL user lost the channel permission, so the server closed
+//! its subscription and refuses a new one) still never reads a value from before
+//! `invalidate_all_<fn>()` / `invalidate_all()` through L2, and its own `invalidate_<fn>(k)`
+//! removes the entry every instance reads.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use support::{RedisServer, bounded};
+use tiered::{Runtime, tiered_cache};
+
+/// The "database": one version number for everything; bodies return it.
+static VERSION: AtomicU64 = AtomicU64::new(0);
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+fn read_db() -> u64 {
+    RUNS.fetch_add(1, Ordering::SeqCst);
+    VERSION.load(Ordering::SeqCst)
+}
+
+#[tiered_cache(key = "f:<id>", ttl = "60s", promote = 1)]
+async fn f(id: u64) -> u64 {
+    let _ = id;
+    read_db()
+}
+
+#[tiered_cache(key = "g:<id>", ttl = "60s", promote = 1)]
+async fn g(id: u64) -> u64 {
+    let _ = id;
+    read_db()
+}
+
+async fn runtime(url: &str) -> Runtime {
+    bounded(
+        "build",
+        Runtime::builder()
+            .namespace("gn")
+            .redis_url(url)
+            .connect_timeout(Duration::from_millis(500))
+            .build(),
+    )
+    .await
+    .expect("runtime")
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    bounded(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscribed_instance_never_reads_a_group_invalidated_value_from_l2() {
+    let redis = RedisServer::start();
+    redis.cmd::<()>(&[
+        b"ACL", b"SETUSER", b"b", b"on", b">pw-b", b"~gn:*", b"&*", b"+@all", b"-@dangerous",
+    ]);
+    let a = runtime(&redis.url()).await;
+    let b = runtime(&format!("redis://b:pw-b@127.0.0.1:{}/", redis.port())).await;
+    assert!(b.stats().subscribed);
+    // Warm: A fills L2, B reads it (and learns the generations).
+    for id in 1..=3 {
+        assert_eq!(a.scope(f(id)).await, 0);
+        assert_eq!(a.scope(g(id)).await, 0);
+        assert_eq!(b.scope(f(id)).await, 0);
+        assert_eq!(b.scope(g(id)).await, 0);
+    }
+    // B loses its channel permission: the server closes B's subscription and refuses a new
+    // one, so B hears no announcement from now on.
+    redis.cmd::<()>(&[b"ACL", b"SETUSER", b"b", b"resetchannels"]);
+    wait_until("B unsubscribed", || !b.stats().subscribed).await;
+
+    VERSION.store(1, Ordering::SeqCst);
+    a.scope(invalidate_all_f()).await.expect("invalidate_all_f");
+    b.flush_l1(); // what follows is about L2
+    assert_eq!(b.scope(f(1)).await, 1, "B read f:1 from before invalidate_all_f");
+    assert_eq!(b.scope(g(1)).await, 0, "g was not invalidated");
+    let stale = b.stats().total.stale_generation_misses;
+    assert!(stale >= 1, "B judged the old entry by its generation");
+
+    VERSION.store(2, Ordering::SeqCst);
+    a.invalidate_all().await.expect("invalidate_all");
+    b.flush_l1();
+    assert_eq!(b.scope(f(2)).await, 2, "B read f:2 from before invalidate_all");
+    assert_eq!(b.scope(g(2)).await, 2, "B read g:2 from before invalidate_all");
+    assert!(!b.stats().subscribed, "B stayed unsubscribed throughout");
+
+    // B invalidates a key while unsubscribed: it deletes the key every instance reads (its
+    // publish is refused, so it reports an error).
+    assert_eq!(a.scope(f(3)).await, 2, "A computed f:3 under the new generations");
+    VERSION.store(3, Ordering::SeqCst);
+    let sent = Instant::now();
+    let r = b.scope(invalidate_f(3)).await;
+    assert!(r.is_err(), "the publish was refused: {r:?}");
+    assert_eq!(redis.get("gn:f:<3>"), None, "B's DEL hit the key A reads");
+    // A's L1 copy goes too: B's silence, or its report of a lost publish, makes A flush.
+    wait_until("A noticed", || {
+        let s = a.stats().total;
+        s.l1_flushes_lost_publish + s.l1_flushes_silence >= 1
+    })
+    .await;
+    let noticed = sent.elapsed();
+    let runs = RUNS.load(Ordering::SeqCst);
+    assert_eq!(a.scope(f(3)).await, 3, "A missed on f:3");
+    assert_eq!(RUNS.load(Ordering::SeqCst), runs + 1);
+    println!(
+        "unsubscribed B: {stale} stale-generation misses, 0 stale values; A noticed B's failed publish after {noticed:?}"
+    );
+}
