@@ -4,9 +4,10 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use support::{Calls, RedisServer, bounded};
+use support::{BOUND, Calls, RedisServer, bounded};
 use tiered::{Fallible, FallibleUncloneable, Optional, Plain, Runtime, Site, SiteOptions, memoize};
 use tokio::sync::Notify;
 
@@ -431,4 +432,70 @@ async fn none_is_not_cached_and_some_is() {
     let s = rt.stats();
     let site = s.site("coalescing::maybe").copied().unwrap_or_default();
     assert_eq!((site.l1_hits, site.computations), (2, 4));
+}
+
+/// A value whose `Clone` can be made to block the thread (a slow user `Clone`).
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct SlowClone(u64);
+
+/// Clones of an id-1 value made while armed; the second one blocks until released.
+static SLOW_CLONES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static SLOW_ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static SLOW_RELEASED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Clone for SlowClone {
+    fn clone(&self) -> Self {
+        if self.0 == 1 && SLOW_ARMED.load(Ordering::SeqCst) {
+            // The leader clones its value once for the followers, then once for the L1
+            // insert, which runs under the flight's lock: block that one.
+            if SLOW_CLONES.fetch_add(1, Ordering::SeqCst) + 1 == 2 {
+                while !SLOW_RELEASED.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        SlowClone(self.0)
+    }
+}
+
+static SLOW: Site = Site::new("coalescing::slow", "slow:<id>", SiteOptions::DEFAULT);
+
+async fn slow(id: u64) -> SlowClone {
+    memoize::<Plain<SlowClone>, _, _>(&SLOW, &[&id], move || async move { SlowClone(id) }).await
+}
+
+/// Runs `fut` to completion on a thread of its own (so that a blocked thread blocks nothing
+/// else), reporting on `done`.
+fn on_own_thread(rt: Runtime, id: u64, done: std::sync::mpsc::Sender<u64>) {
+    std::thread::spawn(move || {
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio");
+        let v = tokio.block_on(rt.scope(slow(id)));
+        let _ = done.send(v.0);
+    });
+}
+
+/// No user code runs under a runtime-wide lock: while one key's leader is stuck in the user's
+/// `Clone` (storing its value), other keys' calls complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_user_clone_holds_up_no_other_key() {
+    let rt = embedded().await;
+    SLOW_ARMED.store(true, Ordering::SeqCst);
+    let (tx, rx) = std::sync::mpsc::channel();
+    on_own_thread(rt.clone(), 1, tx.clone());
+    let start = std::time::Instant::now();
+    while SLOW_CLONES.load(Ordering::SeqCst) < 2 {
+        assert!(
+            start.elapsed() < BOUND,
+            "the leader never reached its store"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    on_own_thread(rt.clone(), 2, tx);
+    let other = rx.recv_timeout(Duration::from_secs(5));
+    SLOW_RELEASED.store(true, Ordering::SeqCst);
+    assert_eq!(other, Ok(2), "another key's call waited for a user Clone");
+    assert_eq!(rx.recv_timeout(BOUND), Ok(1));
 }

@@ -62,7 +62,15 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
 async fn an_unsubscribed_instance_never_reads_a_group_invalidated_value_from_l2() {
     let redis = RedisServer::start();
     redis.cmd::<()>(&[
-        b"ACL", b"SETUSER", b"b", b"on", b">pw-b", b"~gn:*", b"&*", b"+@all", b"-@dangerous",
+        b"ACL",
+        b"SETUSER",
+        b"b",
+        b"on",
+        b">pw-b",
+        b"~gn:*",
+        b"&*",
+        b"+@all",
+        b"-@dangerous",
     ]);
     let a = runtime(&redis.url()).await;
     let b = runtime(&format!("redis://b:pw-b@127.0.0.1:{}/", redis.port())).await;
@@ -82,7 +90,11 @@ async fn an_unsubscribed_instance_never_reads_a_group_invalidated_value_from_l2(
     VERSION.store(1, Ordering::SeqCst);
     a.scope(invalidate_all_f()).await.expect("invalidate_all_f");
     b.flush_l1(); // what follows is about L2
-    assert_eq!(b.scope(f(1)).await, 1, "B read f:1 from before invalidate_all_f");
+    assert_eq!(
+        b.scope(f(1)).await,
+        1,
+        "B read f:1 from before invalidate_all_f"
+    );
     assert_eq!(b.scope(g(1)).await, 0, "g was not invalidated");
     let stale = b.stats().total.stale_generation_misses;
     assert!(stale >= 1, "B judged the old entry by its generation");
@@ -90,13 +102,25 @@ async fn an_unsubscribed_instance_never_reads_a_group_invalidated_value_from_l2(
     VERSION.store(2, Ordering::SeqCst);
     a.invalidate_all().await.expect("invalidate_all");
     b.flush_l1();
-    assert_eq!(b.scope(f(2)).await, 2, "B read f:2 from before invalidate_all");
-    assert_eq!(b.scope(g(2)).await, 2, "B read g:2 from before invalidate_all");
+    assert_eq!(
+        b.scope(f(2)).await,
+        2,
+        "B read f:2 from before invalidate_all"
+    );
+    assert_eq!(
+        b.scope(g(2)).await,
+        2,
+        "B read g:2 from before invalidate_all"
+    );
     assert!(!b.stats().subscribed, "B stayed unsubscribed throughout");
 
     // B invalidates a key while unsubscribed: it deletes the key every instance reads (its
     // publish is refused, so it reports an error).
-    assert_eq!(a.scope(f(3)).await, 2, "A computed f:3 under the new generations");
+    assert_eq!(
+        a.scope(f(3)).await,
+        2,
+        "A computed f:3 under the new generations"
+    );
     VERSION.store(3, Ordering::SeqCst);
     let sent = Instant::now();
     let r = b.scope(invalidate_f(3)).await;

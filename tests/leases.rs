@@ -144,9 +144,15 @@ async fn lease_shaped_bytes_that_cannot_be_ours_are_foreign() {
     for id in [3, 4] {
         let start = Instant::now();
         assert_eq!(a.scope(cold(id)).await, id * 10);
-        assert!(start.elapsed() < Duration::from_secs(1), "waited on a fake lease");
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "waited on a fake lease"
+        );
         let stored = redis.get(&format!("lz:cold:<{id}>")).expect("filled");
-        assert!(!is_lease(&stored), "the fake lease was replaced by the value");
+        assert!(
+            !is_lease(&stored),
+            "the fake lease was replaced by the value"
+        );
     }
     let s = a.stats().total;
     assert_eq!(s.lease_waits, 0);

@@ -25,6 +25,7 @@ use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
 use redis::{PushInfo, PushKind};
 use tokio::sync::mpsc;
 
+use super::generations::LOST_FIELD;
 use super::local::{FlushReason, Local};
 use super::message::{self, Action, BUS_VERSION, Message, Received};
 use super::sequence::{BEACON, Loss, Origins};
@@ -45,9 +46,10 @@ pub(crate) struct Bus {
     instance: u64,
     seq: AtomicU64,
     channel: String,
-    /// `{namespace}:%~lost`: bumped by an origin whose invalidation may have been deleted in
-    /// Redis but not published; polled by every instance.
-    lost_key: String,
+    /// The generations hash, whose field [`LOST_FIELD`](super::generations::LOST_FIELD) an
+    /// origin bumps when its invalidation may have changed Redis without being published;
+    /// polled by every instance.
+    gen_key: String,
     /// An invalidation of ours failed: bump `lost_key` as soon as Redis takes it.
     lost_pending: AtomicBool,
     up: AtomicBool,
@@ -62,7 +64,7 @@ impl Bus {
             instance: instance_id(),
             seq: AtomicU64::new(0),
             channel: message::channel(namespace, db),
-            lost_key: crate::key::internal(namespace, "lost"),
+            gen_key: super::generations::key(namespace),
             lost_pending: AtomicBool::new(false),
             up: AtomicBool::new(up),
             queue_peak: AtomicUsize::new(0),
@@ -262,14 +264,14 @@ async fn beacons(ctx: Ctx) {
         };
         let _ = l2.publish(bus.channel(), &bus.beacon()).await;
         if bus.lost_pending.swap(false, Ordering::AcqRel) {
-            match l2.incr(&bus.lost_key).await {
+            match l2.hincr(&bus.gen_key, LOST_FIELD).await {
                 // Our own bump is no news to us.
                 Ok(_) => ours += 1,
                 Err(_) => bus.lost_pending.store(true, Ordering::Release),
             }
         }
         if round % 3 == 0
-            && let Ok(n) = l2.get_counter(&bus.lost_key).await
+            && let Ok(n) = l2.hget_counter(&bus.gen_key, LOST_FIELD).await
         {
             let others = n.saturating_sub(ours);
             if seen.is_some_and(|s| others > s)

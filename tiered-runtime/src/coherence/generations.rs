@@ -2,7 +2,7 @@
 //!
 //! The namespace and every function have a generation: a counter in one Redis hash,
 //! `{namespace}:%~gen` (field [`NAMESPACE_FIELD`] for the namespace, the function's name for a
-//! function), incremented by `Runtime::invalidate_all` and `invalidate_all_<fn>()`. Keys
+//! function; the same hash holds the bus's lost-publish counter, [`LOST_FIELD`]), incremented by `Runtime::invalidate_all` and `invalidate_all_<fn>()`. Keys
 //! carry no generation; every value written to L2 is stamped with the generations its writer
 //! read under ([`Stamp`]), and a value stamped older than the current generations is a miss. So
 //!
@@ -24,6 +24,9 @@ use crate::codec::Stamp;
 
 /// The hash field of the namespace's generation (never a function name).
 pub(crate) const NAMESPACE_FIELD: &str = "*";
+/// The hash field counting invalidations that changed Redis but could not be published (see
+/// the bus); never a function name either.
+pub(crate) const LOST_FIELD: &str = "!lost";
 /// Functions whose generation is cached at once; one more forgets them all.
 pub(crate) const MAX_SITES: usize = 4096;
 

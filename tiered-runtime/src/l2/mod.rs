@@ -263,18 +263,10 @@ impl L2 {
         self.del_and_publish(&[], channel, message).await
     }
 
-    /// `INCR key`: the new value.
-    pub(crate) async fn incr(&self, key: &str) -> Result<u64, L2Error> {
+    /// `HGET key field` of a counter (absent: 0).
+    pub(crate) async fn hget_counter(&self, key: &str, field: &str) -> Result<u64, L2Error> {
         let mut p = redis::pipe();
-        p.cmd("INCR").arg(key);
-        let (n,): (u64,) = self.exec(&p).await?;
-        Ok(n)
-    }
-
-    /// `GET key` of a counter (absent: 0).
-    pub(crate) async fn get_counter(&self, key: &str) -> Result<u64, L2Error> {
-        let mut p = redis::pipe();
-        p.cmd("GET").arg(key);
+        p.cmd("HGET").arg(key).arg(field);
         let (n,): (Option<u64>,) = self.exec(&p).await?;
         Ok(n.unwrap_or(0))
     }

@@ -117,13 +117,11 @@ impl Single {
             .arg(1)
             .arg(&key)
             .ignore();
-        // The lost-publish counter.
-        p.cmd("INCR").arg(&key).ignore();
-        p.cmd("GET").arg(&key).ignore();
         p.cmd("DEL").arg(&key).ignore();
         // Generations live in a hash.
         p.cmd("HINCRBY").arg(&hash).arg("*").arg(1).ignore();
         p.cmd("HMGET").arg(&hash).arg("*").arg("x").ignore();
+        p.cmd("HGET").arg(&hash).arg("*").ignore();
         p.cmd("DEL").arg(&hash).ignore();
         let mut conn = conn.clone();
         match tokio::time::timeout(self.connect_timeout, p.query_async::<()>(&mut conn)).await {
