@@ -1232,3 +1232,40 @@ async fn a_lost_generation_announcement_is_read_again_from_redis() {
     );
     b.hooks().handler.open();
 }
+
+/// Scenario 28, before the handler: the subscriber's own push queue (between redis-rs and the
+/// reader) is bounded too. With the reader held, a storm fills it; the pushes that do not fit
+/// are dropped and B flushes L1 instead of buffering without bound or missing them silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_28_a_storm_that_overflows_the_push_queue_flushes_l1() {
+    let redis = RedisServer::start();
+    let a = runtime(&redis.url()).await;
+    let b = bounded("build", builder(&redis.url(), "c").bus_queue(16).build())
+        .await
+        .expect("runtime");
+    let db = Db::leak();
+    assert_eq!(b.scope(item(db, 1)).await, 0, "B warm");
+    b.hooks().reader.close();
+    let new = db.write(1);
+    a.scope(invalidate_item(1)).await.expect("invalidate");
+    bounded("the reader holds", b.hooks().reader.wait_reached(1)).await;
+    for id in 1000..1200 {
+        a.scope(invalidate_item(id)).await.expect("invalidate");
+    }
+    wait_until("the storm overflowed B's push queue", || {
+        b.stats().total.bus_pushes_dropped > 0
+    })
+    .await;
+    b.hooks().reader.open();
+    wait_until("B flushed on the overflow", || {
+        b.stats().total.l1_flushes_overflow >= 1
+    })
+    .await;
+    assert_eq!(b.scope(item(db, 1)).await, new, "no stale read");
+    println!(
+        "push queue of 16 overflowed by a storm of 201: {} pushes dropped, {} overflow flush(es), bus_queue_peak {}",
+        b.stats().total.bus_pushes_dropped,
+        b.stats().total.l1_flushes_overflow,
+        b.stats().bus_queue_peak
+    );
+}

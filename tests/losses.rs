@@ -104,8 +104,9 @@ async fn a_lost_last_message_with_no_later_traffic_is_noticed() {
     println!("lost last message, no later traffic: B served the old value for {took:?}");
 }
 
-/// A's invalidation deletes the key but its publish is refused (its user lost the channel
-/// permission), and A invalidates nothing afterwards: B still notices.
+/// A's user loses its channel permission. B takes A's silence for a loss once; later, A's
+/// invalidation deletes the key but its publish is refused, and A invalidates nothing
+/// afterwards: A reports the lost publish in Redis (it can still write keys), and B notices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_that_failed_at_its_origin_is_noticed() {
     let redis = RedisServer::start();
@@ -122,17 +123,55 @@ async fn a_publish_that_failed_at_its_origin_is_noticed() {
     ]);
     let a = runtime(&format!("redis://a:pw-a@127.0.0.1:{}/", redis.port()), "l3").await;
     let b = runtime(&redis.url(), "l3").await;
-    assert_eq!(b.scope(v(2)).await, 0, "B warm");
+    wait_until("B heard A", || b.stats().bus_origins == 1).await;
     redis.cmd::<()>(&[b"ACL", b"SETUSER", b"a", b"resetchannels"]);
+    wait_until("B took A's silence for a loss", || {
+        b.stats().total.l1_flushes_silence >= 1
+    })
+    .await;
+    assert_eq!(b.scope(v(2)).await, 0, "B warm, after the silence");
     VERSIONS[2].store(1, Ordering::SeqCst);
     let failed = a.scope(invalidate_v(2)).await;
     assert!(failed.is_err(), "the publish was refused: {failed:?}");
     assert_eq!(redis.get("l3:v:<2>"), None, "the DEL went through");
     let took = until_fresh(&b, 2, 1).await;
-    let s = b.stats().total;
+    assert!(b.stats().total.l1_flushes_lost_publish >= 1);
     println!(
-        "publish refused at the origin, nothing after it: B served the old value for {took:?} (flushes: lost publish {}, silence {})",
-        s.l1_flushes_lost_publish, s.l1_flushes_silence
+        "publish refused at the origin, nothing after it: B served the old value for {took:?}"
+    );
+}
+
+/// A can delete keys but neither publish nor write the lost-publish report: its beacons stop,
+/// and B takes its silence for a loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_can_neither_publish_nor_report_is_noticed_by_its_silence() {
+    let redis = RedisServer::start();
+    redis.cmd::<()>(&[
+        b"ACL",
+        b"SETUSER",
+        b"a",
+        b"on",
+        b">pw-a",
+        b"~l5:*",
+        b"&*",
+        b"+@all",
+        b"-@dangerous",
+    ]);
+    let a = runtime(&format!("redis://a:pw-a@127.0.0.1:{}/", redis.port()), "l5").await;
+    let b = runtime(&redis.url(), "l5").await;
+    assert_eq!(b.scope(v(5)).await, 0, "B warm");
+    wait_until("B heard A", || b.stats().bus_origins == 1).await;
+    redis.cmd::<()>(&[b"ACL", b"SETUSER", b"a", b"resetchannels", b"-hincrby"]);
+    VERSIONS[5].store(1, Ordering::SeqCst);
+    let failed = a.scope(invalidate_v(5)).await;
+    assert!(failed.is_err(), "the publish was refused: {failed:?}");
+    assert_eq!(redis.get("l5:v:<5>"), None, "the DEL went through");
+    let took = until_fresh(&b, 5, 1).await;
+    let s = b.stats().total;
+    assert!(s.l1_flushes_silence >= 1);
+    assert_eq!(s.l1_flushes_lost_publish, 0, "A could not report it");
+    println!(
+        "an origin that can neither publish nor report: B served the old value for {took:?} (silence)"
     );
 }
 

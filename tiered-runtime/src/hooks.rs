@@ -76,6 +76,8 @@ pub struct Hooks {
     pub promotion: Gate,
     /// In the invalidation handler, before a received message is applied.
     pub handler: Gate,
+    /// In the subscriber's reader, before a push from Redis is looked at.
+    pub reader: Gate,
     /// Before bytes judged not to be a current value are deleted from Redis.
     pub judged: Gate,
     lost_publishes: AtomicUsize,

@@ -128,6 +128,7 @@ impl Runtime {
                 &channel,
                 config.connect_timeout,
                 config.bus_queue,
+                table.clone(),
             )
             .await
             {
@@ -244,6 +245,7 @@ impl Runtime {
             l2_connected: self.inner.l2.as_ref().is_some_and(|l2| l2.is_connected()),
             subscribed: self.inner.bus.as_ref().is_some_and(|b| b.is_up()),
             bus_queue_peak: self.inner.bus.as_ref().map_or(0, |b| b.queue_peak()),
+            bus_origins: self.inner.bus.as_ref().map_or(0, |b| b.origins()),
         }
     }
 

@@ -109,6 +109,9 @@ counters! {
     leases_orphaned,
     /// Leases the janitor gave up on (they expired in Redis by their TTL first).
     leases_abandoned,
+    /// Messages dropped because the subscriber's push queue was full (each burst of drops
+    /// flushes L1, counted in `l1_flushes_overflow`).
+    bus_pushes_dropped,
     /// Bus tasks (reader, handler) restarted after ending unexpectedly.
     bus_restarts,
     /// Origins forgotten because too many were tracked at once.
@@ -164,6 +167,9 @@ pub struct Stats {
     pub subscribed: bool,
     /// Largest number of received invalidations that waited in the handler queue.
     pub bus_queue_peak: usize,
+    /// Other instances this one hears on the invalidation bus right now (their messages or
+    /// beacons; one gone silent is no longer counted).
+    pub bus_origins: usize,
 }
 
 impl Stats {

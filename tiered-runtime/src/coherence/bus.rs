@@ -30,7 +30,7 @@ use super::local::{FlushReason, Local};
 use super::message::{self, Action, BUS_VERSION, Message, Received};
 use super::sequence::{BEACON, Loss, Origins};
 use crate::l2::{L2, describe, is_auth};
-use crate::stats::Counters;
+use crate::stats::{Counters, SiteTable};
 
 /// Interval of the PING on the subscriber connection.
 pub(crate) const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -55,6 +55,8 @@ pub(crate) struct Bus {
     up: AtomicBool,
     queue_peak: AtomicUsize,
     queue_capacity: usize,
+    /// Other instances heard on the current subscription.
+    origins: AtomicUsize,
     last_overflow_warn: Mutex<Option<Instant>>,
 }
 
@@ -69,6 +71,7 @@ impl Bus {
             up: AtomicBool::new(up),
             queue_peak: AtomicUsize::new(0),
             queue_capacity,
+            origins: AtomicUsize::new(0),
             last_overflow_warn: Mutex::new(None),
         }
     }
@@ -85,6 +88,11 @@ impl Bus {
     /// Largest number of messages that waited in the handler queue.
     pub(crate) fn queue_peak(&self) -> usize {
         self.queue_peak.load(Ordering::Relaxed)
+    }
+
+    /// Other instances heard on the current subscription (and not gone silent since).
+    pub(crate) fn origins(&self) -> usize {
+        self.origins.load(Ordering::Relaxed)
     }
 
     fn next_seq(&self) -> u64 {
@@ -150,10 +158,10 @@ fn instance_id() -> u64 {
 }
 
 /// Pushes from the subscriber connection into a bounded queue; when it is full the push is
-/// dropped and `overflowed` set (the reader flushes L1).
+/// dropped and counted in `bus_pushes_dropped` (the reader then flushes L1).
 struct PushQueue {
     tx: mpsc::Sender<PushInfo>,
-    overflowed: Arc<AtomicBool>,
+    table: Arc<SiteTable>,
 }
 
 impl AsyncPushSender for PushQueue {
@@ -161,7 +169,7 @@ impl AsyncPushSender for PushQueue {
         match self.tx.try_send(info) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.overflowed.store(true, Ordering::Release);
+                Counters::bump(&self.table.runtime().bus_pushes_dropped);
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError),
@@ -173,7 +181,6 @@ impl AsyncPushSender for PushQueue {
 pub(crate) struct Subscription {
     conn: MultiplexedConnection,
     pushes: mpsc::Receiver<PushInfo>,
-    overflowed: Arc<AtomicBool>,
 }
 
 /// A RESP3 client for `client`'s server (pushes on a multiplexed connection need RESP3).
@@ -192,16 +199,13 @@ pub(crate) async fn subscribe(
     channel: &str,
     timeout: Duration,
     capacity: usize,
+    table: Arc<SiteTable>,
 ) -> Result<Subscription, redis::RedisError> {
     let (tx, pushes) = mpsc::channel(capacity);
-    let overflowed = Arc::new(AtomicBool::new(false));
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout))
-        .set_push_sender(PushQueue {
-            tx,
-            overflowed: overflowed.clone(),
-        });
+        .set_push_sender(PushQueue { tx, table });
     let attempt = async {
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
@@ -210,11 +214,7 @@ pub(crate) async fn subscribe(
         Ok(conn)
     };
     match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(conn)) => Ok(Subscription {
-            conn,
-            pushes,
-            overflowed,
-        }),
+        Ok(Ok(conn)) => Ok(Subscription { conn, pushes }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(redis::RedisError::from(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -327,13 +327,14 @@ async fn subscriber(ctx: Ctx, mut initial: Option<Subscription>, tx: mpsc::Sende
         let sub = match initial.take() {
             Some(sub) => sub,
             None => {
-                let Some((_, bus)) = ctx.upgrade() else {
+                let Some((local, bus)) = ctx.upgrade() else {
                     return;
                 };
                 let channel = bus.channel().to_owned();
                 let capacity = bus.queue_capacity;
-                drop(bus);
-                match subscribe(&ctx.client, &channel, ctx.connect_timeout, capacity).await {
+                let table = local.table.clone();
+                drop((local, bus));
+                match subscribe(&ctx.client, &channel, ctx.connect_timeout, capacity, table).await {
                     Ok(sub) => {
                         let Some((local, bus)) = ctx.upgrade() else {
                             return;
@@ -368,6 +369,7 @@ async fn subscriber(ctx: Ctx, mut initial: Option<Subscription>, tx: mpsc::Sende
             return;
         };
         bus.up.store(false, Ordering::Release);
+        bus.origins.store(0, Ordering::Relaxed);
         local.flush(FlushReason::Disconnect);
         tracing::info!(
             reason,
@@ -405,11 +407,14 @@ fn ping(mut conn: MultiplexedConnection, timeout: Duration) -> Ping {
 
 /// Reads until the subscription is lost (`Some(reason)`) or the runtime is gone (`None`).
 async fn read(ctx: &Ctx, sub: Subscription, tx: &mpsc::Sender<Action>) -> Option<&'static str> {
-    let Subscription {
-        conn,
-        mut pushes,
-        overflowed,
-    } = sub;
+    let Subscription { conn, mut pushes } = sub;
+    let mut dropped = ctx
+        .local
+        .upgrade()?
+        .table
+        .runtime()
+        .bus_pushes_dropped
+        .load(Ordering::Acquire);
     let mut origins = Origins::new(Instant::now());
     let mut tick = tokio::time::interval(CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -423,6 +428,8 @@ async fn read(ctx: &Ctx, sub: Subscription, tx: &mpsc::Sender<Action>) -> Option
                     return Some("the subscriber connection closed");
                 };
                 let (local, bus) = ctx.upgrade()?;
+                #[cfg(feature = "test-hooks")]
+                local.hooks.reader.pass().await;
                 match push.kind {
                     PushKind::Message => {
                         if let Some(redis::Value::BulkString(payload)) = push.data.get(1) {
@@ -452,9 +459,12 @@ async fn read(ctx: &Ctx, sub: Subscription, tx: &mpsc::Sender<Action>) -> Option
                 if let Some(loss) = origins.tick(now) {
                     lost(&local, loss);
                 }
-                if overflowed.swap(false, Ordering::AcqRel) {
+                let now_dropped = local.table.runtime().bus_pushes_dropped.load(Ordering::Acquire);
+                if now_dropped != dropped {
+                    dropped = now_dropped;
                     overflow(&local, &bus);
                 }
+                bus.origins.store(origins.len(), Ordering::Relaxed);
                 let evicted = origins.evicted();
                 let c = local.table.runtime();
                 let known = c.bus_origins_evicted.load(Ordering::Relaxed);

@@ -115,7 +115,6 @@ impl Origins {
     }
 
     /// Origins tracked now.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.map.len()
     }

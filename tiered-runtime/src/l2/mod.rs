@@ -58,13 +58,21 @@ pub(crate) fn describe(e: &redis::RedisError) -> String {
     }
 }
 
-/// Errors that say the link (or the credentials) are broken, as opposed to one refused command.
+/// Errors that say the link (or the credentials) are broken, as opposed to one refused command
+/// (`OOM`, `READONLY`, or `NOPERM` for one key or channel: the link works for the others).
 pub(crate) fn is_connectivity(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_connection_dropped()
         || e.is_unrecoverable_error()
         || e.is_timeout()
-        || is_auth(e)
+        || (is_auth(e) && !is_noperm(e))
+}
+
+fn is_noperm(e: &redis::RedisError) -> bool {
+    matches!(
+        e.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+    ) || e.code() == Some("NOPERM")
 }
 
 pub(crate) fn is_auth(e: &redis::RedisError) -> bool {
