@@ -379,7 +379,7 @@ fn l1_cases(plan: &Plan, rows: &mut Vec<Row>) {
             let v =
                 memoize::<Plain<User>, _, _>(&L1_USER, &[&id], || async move { user(id) }).await;
             assert_eq!(v, user(id));
-            raw.insert(format!("{L1_NS}:user:{id}"), user(id));
+            raw.insert(format!("{L1_NS}:user:<{id}>"), user(id));
         }
     });
     assert_eq!(
@@ -387,7 +387,7 @@ fn l1_cases(plan: &Plan, rows: &mut Vec<Row>) {
             .key(&L1_USER, &[&7u64])
             .map(|k| k.to_string())
             .ok(),
-        Some(format!("{L1_NS}:user:7")),
+        Some(format!("{L1_NS}:user:<7>")),
         "the raw side must build the same key as tiered"
     );
 
@@ -403,7 +403,7 @@ fn l1_cases(plan: &Plan, rows: &mut Vec<Row>) {
     let base_op = move |thread: u64, iters: u64| async move {
         for i in 0..iters {
             let id = id_at(i, thread);
-            let key = format!("{L1_NS}:user:{id}");
+            let key = format!("{L1_NS}:user:<{id}>");
             black_box(raw_ref.get(&key));
         }
     };
@@ -491,7 +491,7 @@ fn redis_cases(plan: &Plan, server: &RedisServer, rows: &mut Vec<Row>) {
     assert_eq!(a.stats().total.l2_writes, WORKING_SET, "A must fill L2");
 
     // The raw side reads the very bytes B reads: the same key, the envelope header skipped.
-    let raw_key = |id: u64| format!("{L2_NS}:user:{id}");
+    let raw_key = |id: u64| format!("{L2_NS}:user:<{id}>");
     assert_eq!(
         b.key(&L2_USER, &[&7u64]).map(|k| k.to_string()).ok(),
         Some(raw_key(7))
@@ -725,8 +725,9 @@ fn propagation(plan: &Plan, server: &RedisServer) {
         println!(
             "invalidation propagation A -> B over {n} invalidations: p50 {t50:?}, p99 {t99:?} \
              (invalidate = evict + DEL + PUBLISH, B applies); raw PUBLISH -> subscriber: p50 {r50:?}, \
-             p99 {r99:?}; ratio p50 {:.2}x",
-            t50.as_secs_f64() / r50.as_secs_f64().max(1e-9)
+             p99 {r99:?}; ratio p50 {:.2}x, p99 {:.2}x",
+            t50.as_secs_f64() / r50.as_secs_f64().max(1e-9),
+            t99.as_secs_f64() / r99.as_secs_f64().max(1e-9)
         );
         drop(a);
         drop(b);

@@ -1,4 +1,4 @@
-//! Coalescing (RELIABILITY scenarios 1–4): one body run per key per process, and no follower
+//! Coalescing (scenarios 1–4): one body run per key per process, and no follower
 //! is ever stranded by a leader that is cancelled, panics or fails.
 
 mod support;

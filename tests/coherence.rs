@@ -1,4 +1,4 @@
-//! Cross-instance coherence (DESIGN §5; RELIABILITY scenarios 6, 7, 25–28): the invalidation
+//! Cross-instance coherence (`docs/coherence.md`; scenarios 6, 7, 25–28): the invalidation
 //! bus, no stale fills, gap recovery, leases and group invalidation, against a real
 //! `redis-server` per test. Several "instances" are runtimes in this process (`scope`) and, where
 //! a test says so, child processes running this same test binary (see [`child`]).
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::proxy::{Mode, Proxy};
-use support::{RedisServer, bounded};
+use support::{RedisServer, bounded, wait_until};
 use tiered::hooks::Gate;
 use tiered::{Runtime, tiered_cache};
 
@@ -143,18 +143,6 @@ async fn runtime(url: &str) -> Runtime {
     bounded("build", builder(url, "c").build())
         .await
         .expect("runtime")
-}
-
-/// Polls `cond` every 2 ms, failing the test after 10 s.
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    bounded(what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
-    start.elapsed()
 }
 
 fn received(rt: &Runtime) -> u64 {
@@ -408,7 +396,7 @@ async fn startup_no_invalidation_is_missed_after_build() {
     }
 }
 
-/// Degraded start (DESIGN §5): Redis is down at `build()`; entries written before the
+/// Degraded start: Redis is down at `build()`; entries written before the
 /// subscription comes up are not served after it, even though their TTL has not run out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_degraded_entries_are_dropped_when_the_subscription_comes_up() {

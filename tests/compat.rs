@@ -5,10 +5,8 @@
 
 mod support;
 
-use std::time::Duration;
-
 use serde::Serialize;
-use support::{RedisServer, bounded};
+use support::{RedisServer, wait_until};
 use tiered::codec::{self, Stamp, WIRE_VERSION};
 use tiered::{Runtime, tiered_cache};
 
@@ -41,16 +39,7 @@ fn envelope(version: u8, value: u64) -> Vec<u8> {
 }
 
 async fn runtime(url: &str) -> Runtime {
-    bounded(
-        "build",
-        Runtime::builder()
-            .namespace("cp")
-            .redis_url(url)
-            .connect_timeout(Duration::from_millis(500))
-            .build(),
-    )
-    .await
-    .expect("runtime")
+    support::runtime(url, "cp").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,15 +91,6 @@ struct FutureMessage {
 fn publish(redis: &RedisServer, msg: &FutureMessage) {
     let bytes = rmp_serde::to_vec_named(msg).expect("encode");
     redis.cmd::<()>(&[b"PUBLISH", b"cp:tiered:invalidate:db0:v2", &bytes]);
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    bounded(what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
 }
 
 /// A newer version's messages on this bus: an invalidation this build understands (with

@@ -8,9 +8,9 @@
 mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use support::{RedisServer, bounded};
+use support::{RedisServer, wait_until};
 use tiered::{Runtime, tiered_cache};
 
 /// The "database": one version number for everything; bodies return it.
@@ -35,27 +35,7 @@ async fn g(id: u64) -> u64 {
 }
 
 async fn runtime(url: &str) -> Runtime {
-    bounded(
-        "build",
-        Runtime::builder()
-            .namespace("gn")
-            .redis_url(url)
-            .connect_timeout(Duration::from_millis(500))
-            .build(),
-    )
-    .await
-    .expect("runtime")
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    bounded(what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
-    start.elapsed()
+    support::runtime(url, "gn").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::proxy::{Mode, Proxy};
-use support::{RedisServer, bounded};
+use support::{RedisServer, bounded, wait_until};
 use tiered::{Runtime, tiered_cache};
 
 static RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -21,27 +21,7 @@ async fn cold(id: u64) -> u64 {
 }
 
 async fn runtime(url: &str) -> Runtime {
-    bounded(
-        "build",
-        Runtime::builder()
-            .namespace("lz")
-            .redis_url(url)
-            .connect_timeout(Duration::from_millis(500))
-            .build(),
-    )
-    .await
-    .expect("runtime")
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    bounded(what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
-    start.elapsed()
+    support::runtime(url, "lz").await
 }
 
 fn is_lease(bytes: &[u8]) -> bool {

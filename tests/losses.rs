@@ -8,7 +8,7 @@ mod support;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use support::{RedisServer, bounded};
+use support::{RedisServer, bounded, runtime, wait_until};
 use tiered::{Runtime, tiered_cache};
 
 /// One version per key id, so that tests running in parallel do not disturb each other.
@@ -22,30 +22,6 @@ async fn v(id: usize) -> u64 {
 /// The coarse ceiling on noticing a loss in these tests (the stated bound is 1 s; the
 /// figures are printed).
 const CEILING: Duration = Duration::from_secs(3);
-
-async fn runtime(url: &str, ns: &str) -> Runtime {
-    bounded(
-        "build",
-        Runtime::builder()
-            .namespace(ns)
-            .redis_url(url)
-            .connect_timeout(Duration::from_millis(500))
-            .build(),
-    )
-    .await
-    .expect("runtime")
-}
-
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    bounded(what, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await;
-    start.elapsed()
-}
 
 /// Calls `v(id)` on `rt` until it returns `want`; returns how long the old value was served.
 async fn until_fresh(rt: &Runtime, id: usize, want: u64) -> Duration {
@@ -197,4 +173,28 @@ async fn a_panicking_bus_task_is_restarted_and_flushes() {
     })
     .await;
     assert_eq!(b.scope(v(3)).await, 1, "B applied the invalidation");
+}
+
+/// An instance that ends cleanly (its last handle dropped) says goodbye: the others forget it
+/// without taking its silence for a loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_ends_cleanly_costs_the_others_no_flush() {
+    let redis = RedisServer::start();
+    let a = runtime(&redis.url(), "l6").await;
+    let b = runtime(&redis.url(), "l6").await;
+    wait_until("B heard A", || b.stats().bus_origins == 1).await;
+    drop(a);
+    let gone = wait_until("B forgot A", || b.stats().bus_origins == 0).await;
+    // Past the silence bound: a goodbye, not a silence.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let s = b.stats().total;
+    assert_eq!(
+        (
+            s.l1_flushes_silence,
+            s.l1_flushes_unverified,
+            s.l1_flushes_sequence_gap
+        ),
+        (0, 0, 0)
+    );
+    println!("goodbye: B forgot A {gone:?} after A's runtime was dropped, no flush");
 }

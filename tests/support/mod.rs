@@ -24,6 +24,33 @@ pub async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
     }
 }
 
+/// Polls `cond` every 2 ms until it holds, failing the test after [`BOUND`]; returns how long
+/// it took.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    bounded(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    start.elapsed()
+}
+
+/// A runtime on `url` in namespace `ns` (connect timeout 500 ms), built within [`BOUND`].
+pub async fn runtime(url: &str, ns: &str) -> tiered::Runtime {
+    bounded(
+        "build",
+        tiered::Runtime::builder()
+            .namespace(ns)
+            .redis_url(url)
+            .connect_timeout(Duration::from_millis(500))
+            .build(),
+    )
+    .await
+    .expect("runtime")
+}
+
 const INSTALL_HINT: &str = "redis-server was not found on PATH. These tests need a real Redis 7: \
 install it with `sudo apt-get install -y redis-server` (Debian/Ubuntu), or run the README's \
 test command, which installs it when missing.";

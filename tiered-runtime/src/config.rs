@@ -206,7 +206,7 @@ impl Builder {
     }
 
     /// Lifetime of the fill lease a process takes in Redis before computing a missing key
-    /// (cross-process stampede protection, DESIGN §5). A body that runs longer than this loses
+    /// (cross-process stampede protection, see `docs/coherence.md`). A body that runs longer than this loses
     /// its lease and does not fill Redis. Default 10 s.
     pub fn lease_ttl(mut self, d: Duration) -> Self {
         self.lease_ttl = d;

@@ -21,7 +21,7 @@
 //! Bumping the epoch ([`ErasedL1::new_epoch`]) makes every older entry invisible at once, and
 //! also every entry still being computed from data read before the bump: this is how a gap in
 //! the invalidation stream, a group invalidation or a queue overflow drop the whole L1 without
-//! racing with fills in progress (DESIGN §5).
+//! racing with fills in progress (see `docs/coherence.md`).
 
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};

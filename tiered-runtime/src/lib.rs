@@ -48,30 +48,36 @@
 //!   L2 TTL (`PTTL`, read in the same round trip as the `GET`); deadlines are checked on a
 //!   coarse monotonic clock (a few ms of resolution). Details and measurements: the `l1`
 //!   module source.
-//! * **Two functions sharing a key template** with different return types keep separate L1s;
-//!   in Redis they would read each other's entries as decode failures, so the collision is
-//!   reported once at ERROR and counted in `type_conflicts`.
-//! * **L2 reads** are one round trip (`GET` + `PTTL` + `SET NX PX` of a fill lease, pipelined);
-//!   a miss adds one fill script that replaces our lease with the value. Oversized values are
-//!   not written (our lease is released instead). Every L2 operation is bounded by `l2_timeout`; a breaker opens after
-//!   `breaker_threshold` consecutive connectivity failures (server refusals such as `OOM` do
-//!   not count) and lets one probe through after `breaker_cooldown`.
+//! * **Two functions sharing a key template** (the same shape, placeholder names aside) read
+//!   and write the same keys in Redis; their flights and L1s stay apart. The first use of the
+//!   second one is reported at ERROR and counted in `template_conflicts`, whatever their types
+//!   and tiers.
+//! * **L2 reads** are one round trip: `SET key LEASE NX GET PX lease_ttl` (the value, or the
+//!   fill lease, atomically) and `PTTL`, plus `HMGET` of the generations when they cannot be
+//!   trusted from memory. A miss adds one fill script that replaces our lease with the value.
+//!   Redis 7.0 or newer is required (`SET` with both `NX` and `GET`). Oversized values are not
+//!   written (our lease is released instead). Every L2 operation is bounded by `l2_timeout`;
+//!   a breaker opens after `breaker_threshold` consecutive connectivity failures (server
+//!   refusals such as `OOM`, or `NOPERM` for one key or channel, do not count) and lets one
+//!   probe through after `breaker_cooldown`.
 //! * **Connections.** Requests never wait for a reconnect: with no connection they skip L2 at
 //!   once. A supervisor task reconnects with a backoff capped at 250 ms for as long as the
 //!   runtime lives, and pings every 500 ms to detect half-open links. Redis unreachable at
 //!   `build()` starts the runtime degraded; refused credentials are [`Error::Auth`].
-//! * **Corrupt or foreign bytes** under a key are a miss: recompute, overwrite, count
-//!   `decode_failures`, WARN once per site (key hash only, never the value).
-//! * **Keys**: see [`key`]; namespace characters are restricted so that namespaces never
-//!   collide. Once a function's or the namespace's generation is non-zero (after
-//!   `invalidate_all_<fn>()` / [`Runtime::invalidate_all`]), L2 keys end in `:~g{ns}.{fn}`;
-//!   values encode `:`, so only a template whose literal tail spells that could collide.
-//! * **Coherence** (DESIGN §5): the invalidation bus, L1 epochs, poisoned flights and Redis
-//!   leases are described in the `bus`, `l1` and `coalesce` module sources and in the README's
-//!   "Coherence across instances". Invalidation = evict L1, `DEL` + `PUBLISH` (one pipeline),
-//!   evict L1 again (a flight that read Redis between the first eviction and the `DEL` is
-//!   caught by the second). Group invalidation first increments the generation, then drops the
-//!   L1, so no flight can re-fill it from an old key.
+//! * **Corrupt or foreign bytes** under a key are a miss: recompute, overwrite (deleting only
+//!   the bytes that were judged), count `decode_failures`, WARN once per site (key hash only,
+//!   never the value). A value written by a newer wire version is a miss that is neither
+//!   deleted nor overwritten.
+//! * **Keys**: see [`key`]: `{namespace}:` then the template with each value between `<` and
+//!   `>`; injective across templates; the runtime's own keys live under `{namespace}:%~`,
+//!   where no rendered key can land. Namespace characters are restricted so that namespaces
+//!   never collide.
+//! * **Coherence**: the rules, the wire formats, the staleness bounds and the compatibility
+//!   rule for rolling deploys are in `docs/coherence.md` and in the `coherence` module source
+//!   (one file per part: bus, message, sequence, generations, leases, local effects).
+//!   Invalidation = evict L1, `DEL` + `PUBLISH` (one pipeline), evict L1 again. Group
+//!   invalidation increments a generation that every L2 value is stamped with; keys carry
+//!   none.
 //! * **Feature `test-hooks`** (off by default) adds [`Runtime::hooks`](crate::Runtime) pause
 //!   points for deterministic tests; never enable it in production.
 #![deny(missing_docs)]

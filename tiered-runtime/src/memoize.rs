@@ -1,4 +1,4 @@
-//! The memoization entry point: L1 → coalescer → L2 → body (DESIGN §2).
+//! The memoization entry point: L1 → coalescer → L2 → body.
 
 use std::any::Any;
 use std::fmt::Display;

@@ -255,7 +255,8 @@ pub(crate) fn spawn(ctx: Ctx, initial: Option<Subscription>) {
 async fn beacons(ctx: Ctx) {
     let mut tick = tokio::time::interval(BEACON);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen: Option<u64> = None;
+    // The counter's value at our last read, and our own increments since.
+    let mut last: Option<u64> = None;
     let mut ours = 0u64;
     for round in 0u64.. {
         tick.tick().await;
@@ -265,7 +266,7 @@ async fn beacons(ctx: Ctx) {
         let _ = l2.publish(bus.channel(), &bus.beacon()).await;
         if bus.lost_pending.swap(false, Ordering::AcqRel) {
             match l2.hincr(&bus.gen_key, LOST_FIELD).await {
-                // Our own bump is no news to us.
+                // Our own report is no news to us.
                 Ok(_) => ours += 1,
                 Err(_) => bus.lost_pending.store(true, Ordering::Release),
             }
@@ -273,8 +274,9 @@ async fn beacons(ctx: Ctx) {
         if round % 3 == 0
             && let Ok(n) = l2.hget_counter(&bus.gen_key, LOST_FIELD).await
         {
-            let others = n.saturating_sub(ours);
-            if seen.is_some_and(|s| others > s)
+            // More than our own reports: another instance lost a publish. Less: the counter
+            // was reset (Redis restarted or flushed); a flush is the safe answer too.
+            if last.is_some_and(|l| n != l.saturating_add(ours))
                 && let Some(local) = ctx.local.upgrade()
             {
                 tracing::info!(
@@ -282,7 +284,8 @@ async fn beacons(ctx: Ctx) {
                 );
                 local.flush(FlushReason::LostPublish);
             }
-            seen = Some(others.max(seen.unwrap_or(0)));
+            last = Some(n);
+            ours = 0;
         }
     }
 }
