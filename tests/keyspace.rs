@@ -74,10 +74,24 @@ async fn user_arguments_never_reach_the_runtimes_own_keys() {
             args.push(rest.to_owned());
         }
     }
+    args.sort();
+    args.dedup();
+    let writes = rt.stats().total.l2_writes;
     for a in &args {
         assert_eq!(rt.scope(named(a)).await, 0);
         assert_eq!(rt.scope(prefixed(a)).await, 0);
     }
+    let s = rt.stats().total;
+    assert_eq!(
+        (s.l2_errors, s.decode_failures),
+        (0, 0),
+        "a user key landed on one of the runtime's own keys"
+    );
+    assert_eq!(
+        s.l2_writes - writes,
+        2 * args.len() as u64,
+        "every user entry was stored as a value of its own"
+    );
     assert_eq!(
         redis.cmd::<String>(&[b"TYPE", b"ks:%~gen"]),
         "hash",

@@ -154,8 +154,15 @@ async fn only_the_bytes_judged_are_deleted() {
     redis.cmd::<()>(&[b"DEL", b"lz:cold:<6>"]);
     assert_eq!(b.scope(cold(6)).await, 60);
     let fresh = redis.get("lz:cold:<6>").expect("B's value");
+    let runs = RUNS.load(Ordering::SeqCst);
     a.hooks().judged.open();
     assert_eq!(bounded("A's call", call).await.expect("task"), 60);
+    assert_eq!(
+        (a.stats().total.computations, a.stats().total.l2_hits),
+        (0, 1),
+        "A's delete left B's value alone, and A read it"
+    );
+    assert_eq!(RUNS.load(Ordering::SeqCst), runs, "nobody recomputed");
     assert_eq!(
         redis.get("lz:cold:<6>"),
         Some(fresh),
