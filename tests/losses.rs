@@ -198,3 +198,42 @@ async fn an_instance_that_ends_cleanly_costs_the_others_no_flush() {
     );
     println!("goodbye: B forgot A {gone:?} after A's runtime was dropped, no flush");
 }
+
+/// Loss detection depends on no write Redis can refuse: under `maxmemory` with `noeviction`
+/// (which refuses `SET`, `INCR`, `HINCRBY`, not `DEL` or `PUBLISH`), key invalidations are
+/// delivered and a lost one is still noticed through the beacons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_detection_keeps_working_when_redis_refuses_writes() {
+    let redis = RedisServer::start();
+    let a = runtime(&redis.url(), "l7").await;
+    let b = runtime(&redis.url(), "l7").await;
+    wait_until("B heard A", || b.stats().bus_origins == 1).await;
+    assert_eq!(b.scope(v(6)).await, 0, "B warm");
+    redis.cmd::<()>(&[b"CONFIG", b"SET", b"maxmemory-policy", b"noeviction"]);
+    redis.cmd::<()>(&[b"CONFIG", b"SET", b"maxmemory", b"1"]);
+    let refused = redis::cmd("SET")
+        .arg("l7:probe")
+        .arg("x")
+        .query::<()>(&mut redis.conn());
+    assert!(
+        refused.is_err_and(|e| e.code() == Some("OOM")),
+        "Redis refuses writes"
+    );
+    // Delivered: DEL and PUBLISH still work.
+    let before = b.stats().total.invalidations_received;
+    a.scope(invalidate_v(7))
+        .await
+        .expect("DEL + PUBLISH under OOM");
+    wait_until("B received", || {
+        b.stats().total.invalidations_received > before
+    })
+    .await;
+    // Lost in transit: the beacons (PUBLISH) reveal it.
+    VERSIONS[6].store(1, Ordering::SeqCst);
+    a.hooks().lose_publishes(1);
+    a.scope(invalidate_v(6)).await.expect("'delivered'");
+    let took = until_fresh(&b, 6, 1).await;
+    assert!(b.stats().total.l1_flushes_sequence_gap >= 1);
+    redis.cmd::<()>(&[b"CONFIG", b"SET", b"maxmemory", b"0"]);
+    println!("under OOM: a lost invalidation was noticed after {took:?}");
+}
