@@ -41,19 +41,9 @@ async fn runtime(url: &str) -> Runtime {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsubscribed_instance_never_reads_a_group_invalidated_value_from_l2() {
     let redis = RedisServer::start();
-    redis.cmd::<()>(&[
-        b"ACL",
-        b"SETUSER",
-        b"b",
-        b"on",
-        b">pw-b",
-        b"~gn:*",
-        b"&*",
-        b"+@all",
-        b"-@dangerous",
-    ]);
+    let b_url = redis.acl_user("b", "gn");
     let a = runtime(&redis.url()).await;
-    let b = runtime(&format!("redis://b:pw-b@127.0.0.1:{}/", redis.port())).await;
+    let b = runtime(&b_url).await;
     assert!(b.stats().subscribed);
     // Warm: A fills L2, B reads it (and learns the generations).
     for id in 1..=3 {

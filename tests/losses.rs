@@ -86,18 +86,8 @@ async fn a_lost_last_message_with_no_later_traffic_is_noticed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_that_failed_at_its_origin_is_noticed() {
     let redis = RedisServer::start();
-    redis.cmd::<()>(&[
-        b"ACL",
-        b"SETUSER",
-        b"a",
-        b"on",
-        b">pw-a",
-        b"~l3:*",
-        b"&*",
-        b"+@all",
-        b"-@dangerous",
-    ]);
-    let a = runtime(&format!("redis://a:pw-a@127.0.0.1:{}/", redis.port()), "l3").await;
+    let url = redis.acl_user("a", "l3");
+    let a = runtime(&url, "l3").await;
     let b = runtime(&redis.url(), "l3").await;
     wait_until("B heard A", || b.stats().bus_origins == 1).await;
     redis.cmd::<()>(&[b"ACL", b"SETUSER", b"a", b"resetchannels"]);
@@ -122,18 +112,8 @@ async fn a_publish_that_failed_at_its_origin_is_noticed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_that_can_neither_publish_nor_report_is_noticed_by_its_silence() {
     let redis = RedisServer::start();
-    redis.cmd::<()>(&[
-        b"ACL",
-        b"SETUSER",
-        b"a",
-        b"on",
-        b">pw-a",
-        b"~l5:*",
-        b"&*",
-        b"+@all",
-        b"-@dangerous",
-    ]);
-    let a = runtime(&format!("redis://a:pw-a@127.0.0.1:{}/", redis.port()), "l5").await;
+    let url = redis.acl_user("a", "l5");
+    let a = runtime(&url, "l5").await;
     let b = runtime(&redis.url(), "l5").await;
     assert_eq!(b.scope(v(5)).await, 0, "B warm");
     wait_until("B heard A", || b.stats().bus_origins == 1).await;

@@ -222,6 +222,25 @@ impl RedisServer {
         c.query(&mut self.conn()).expect("redis command")
     }
 
+    /// Creates the ACL user `user` (password `pw-{user}`) with the keys of `namespace`, every
+    /// channel and every command but the dangerous ones; returns its URL.
+    pub fn acl_user(&self, user: &str, namespace: &str) -> String {
+        let password = format!(">pw-{user}");
+        let keys = format!("~{namespace}:*");
+        self.cmd::<()>(&[
+            b"ACL",
+            b"SETUSER",
+            user.as_bytes(),
+            b"on",
+            password.as_bytes(),
+            keys.as_bytes(),
+            b"&*",
+            b"+@all",
+            b"-@dangerous",
+        ]);
+        format!("redis://{user}:pw-{user}@127.0.0.1:{}/", self.port)
+    }
+
     /// Raw bytes under `key`.
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         self.cmd(&[b"GET", key.as_bytes()])

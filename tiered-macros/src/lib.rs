@@ -1,7 +1,7 @@
 //! The `#[tiered_cache]` attribute macro of [`tiered`](https://docs.rs/tiered).
 //!
-//! A small pipeline, one file per stage: [`attr`] parses the options, [`template`] the key
-//! template, [`signature`] the function's shape; [`expand`] writes the wrapper, its `static`
+//! A small pipeline, one file per stage: `attr` parses the options, `template` the key
+//! template, `signature` the function's shape; `expand` writes the wrapper, its `static`
 //! site and the `invalidate_<fn>` companion. Every mistake is reported at its own span, all at
 //! once; when the attribute is wrong the function is still emitted unchanged beside the errors,
 //! so its callers type-check and the IDE keeps working.

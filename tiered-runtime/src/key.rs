@@ -19,7 +19,7 @@
 //!   Redis tools display.
 //! * **Apart from the runtime's own keys.** Every `%` in a rendered key is followed by two
 //!   upper-case hex digits (or, in a digested long key, by its `#`), so the runtime keeps its
-//!   own state under `{namespace}:%~…` ([`internal`]), where no rendered key can land.
+//!   own state under `{namespace}:%~…`, where no rendered key can land.
 //!
 //! Keys longer than [`MAX_KEY_BYTES`] keep a readable prefix followed by `#` and the SHA-256
 //! of the whole key (hex): stable across builds and toolchains. A digested key is always
