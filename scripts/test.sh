@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs redis-server when missing (Debian package
-# `redis-server`), then format check, clippy with -D warnings, rustdoc with -D warnings, and every test (unit,
+# `redis-server`), then format check, clippy and rustdoc with -D warnings, and every test (unit,
 # integration against real Redis, doc tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
