@@ -8,7 +8,7 @@
 mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use support::{RedisServer, wait_until};
 use tiered::{Runtime, tiered_cache};
@@ -108,5 +108,58 @@ async fn an_unsubscribed_instance_never_reads_a_group_invalidated_value_from_l2(
     assert_eq!(RUNS.load(Ordering::SeqCst), runs + 1);
     println!(
         "unsubscribed B: {stale} stale-generation misses, 0 stale values; A noticed B's failed publish after {noticed:?}"
+    );
+}
+
+#[tiered_cache(key = "h:<id>", ttl = "60s", promote = 1)]
+async fn h(id: u64) -> u64 {
+    let _ = id;
+    H_VERSION.load(Ordering::SeqCst)
+}
+
+static H_VERSION: AtomicU64 = AtomicU64::new(0);
+
+/// The generations hash is lost (an external `FLUSHALL` here; a restart without persistence
+/// or an eviction alike) while instances keep running: one of them fills a value stamped with
+/// the generations it still remembers, before anyone noticed. Every instance notices the loss
+/// (a new L1 epoch, generations forgotten), and the next group invalidation still makes that
+/// value a miss: generations count from the clock, so they never go backwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generations_keep_growing_when_their_hash_is_lost() {
+    let redis = RedisServer::start();
+    let a = support::runtime(&redis.url(), "gr").await;
+    let b = support::runtime(&redis.url(), "gr").await;
+    a.invalidate_all().await.expect("invalidate_all");
+    let before: u64 = redis.cmd(&[b"HGET", b"gr:%~gen", b"*"]);
+    // Let both instances read the lost-publish marker once, so its loss can be seen.
+    wait_until("the marker exists", || {
+        redis
+            .cmd::<Option<u64>>(&[b"HGET", b"gr:%~gen", b"!lost"])
+            .is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.cmd::<()>(&[b"FLUSHALL"]);
+    assert_eq!(
+        a.scope(h(1)).await,
+        0,
+        "A fills, stamped with what it remembers"
+    );
+    wait_until("both noticed", || {
+        a.stats().total.l1_flushes_lost_publish >= 1 && b.stats().total.l1_flushes_lost_publish >= 1
+    })
+    .await;
+    H_VERSION.store(1, Ordering::SeqCst);
+    a.invalidate_all().await.expect("invalidate_all");
+    let after: u64 = redis.cmd(&[b"HGET", b"gr:%~gen", b"*"]);
+    assert!(
+        after > before,
+        "generation went backwards: {before} -> {after}"
+    );
+    b.flush_l1();
+    assert_eq!(
+        b.scope(h(1)).await,
+        1,
+        "B read a value from before invalidate_all"
     );
 }

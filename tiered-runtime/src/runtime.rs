@@ -381,19 +381,22 @@ impl Runtime {
         result.inspect_err(|_| Counters::bump(&c.invalidations_failed))
     }
 
-    /// `HINCRBY` of a generation, recorded locally, then announced. A failure uses up a
+    /// Raises a generation in Redis, records it locally, then announces it. A failure uses up a
     /// sequence number, so that receivers notice (the increment may have happened).
     async fn bump_generation(&self, field: &str, action: impl FnOnce(u64) -> Action) -> Result<()> {
         let (Some(l2), Some(bus)) = (self.inner.l2.as_ref(), self.inner.bus.as_ref()) else {
             return Ok(());
         };
         let key = generations::key(&self.inner.config.namespace);
-        let generation = l2.hincr(&key, field).await.map_err(|e| {
-            // The increment may have happened: make receivers forget their generations.
-            bus.skip();
-            bus.publish_failed();
-            e.into_error("invalidate", l2.timeout())
-        })?;
+        let generation = l2
+            .raise_generation(&key, field, generations::now_ms())
+            .await
+            .map_err(|e| {
+                // The increment may have happened: make receivers forget their generations.
+                bus.skip();
+                bus.publish_failed();
+                e.into_error("invalidate", l2.timeout())
+            })?;
         let action = action(generation);
         let gens = &self.inner.local.generations;
         match &action {

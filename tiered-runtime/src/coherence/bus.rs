@@ -272,19 +272,34 @@ async fn beacons(ctx: Ctx) {
             }
         }
         if round % 3 == 0
-            && let Ok(n) = l2.hget_counter(&bus.gen_key, LOST_FIELD).await
+            && let Ok(read) = l2.hget_counter(&bus.gen_key, LOST_FIELD).await
         {
-            // More than our own reports: another instance lost a publish. Less: the counter
-            // was reset (Redis restarted or flushed); a flush is the safe answer too.
-            if last.is_some_and(|l| n != l.saturating_add(ours))
-                && let Some(local) = ctx.local.upgrade()
-            {
+            // More than our own reports: another instance lost a publish. Less, or gone: the
+            // hash was lost (Redis restarted or flushed, or it was evicted), and with it the
+            // generations; a flush (which forgets them) is the safe answer to both.
+            let changed = match (last, read) {
+                (Some(l), Some(n)) => n != l.saturating_add(ours),
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if changed && let Some(local) = ctx.local.upgrade() {
                 tracing::info!(
-                    "tiered: another instance failed to publish an invalidation; flushing L1"
+                    "tiered: another instance failed to publish an invalidation, or the generations were reset; flushing L1"
                 );
                 local.flush(FlushReason::LostPublish);
             }
-            last = Some(n);
+            last = read;
+            if read.is_none() {
+                // Create the counter, so that its disappearance can be noticed; from a value
+                // of its own (new each time, never 0), so that an instance that saw the old counter and then
+                // the new one notices the change even when the lost one was 0 too. The next
+                // read is the baseline (another instance may have created it first).
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+                let fresh = ((bus.instance ^ nanos) >> 2) | 1;
+                let _ = l2.hinit(&bus.gen_key, LOST_FIELD, fresh).await;
+            }
             ours = 0;
         }
     }

@@ -30,6 +30,13 @@ pub(crate) const LOST_FIELD: &str = "!lost";
 /// Functions whose generation is cached at once; one more forgets them all.
 pub(crate) const MAX_SITES: usize = 4096;
 
+/// Milliseconds since the UNIX epoch (0 if the clock is before it).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// The Redis key of the generations hash of `namespace`.
 pub(crate) fn key(namespace: &str) -> String {
     crate::key::internal(namespace, "gen")

@@ -271,12 +271,45 @@ impl L2 {
         self.del_and_publish(&[], channel, message).await
     }
 
-    /// `HGET key field` of a counter (absent: 0).
-    pub(crate) async fn hget_counter(&self, key: &str, field: &str) -> Result<u64, L2Error> {
+    /// `HGET key field` of a counter (`None`: absent).
+    pub(crate) async fn hget_counter(
+        &self,
+        key: &str,
+        field: &str,
+    ) -> Result<Option<u64>, L2Error> {
         let mut p = redis::pipe();
         p.cmd("HGET").arg(key).arg(field);
         let (n,): (Option<u64>,) = self.exec(&p).await?;
-        Ok(n.unwrap_or(0))
+        Ok(n)
+    }
+
+    /// `HSETNX key field value`.
+    pub(crate) async fn hinit(&self, key: &str, field: &str, value: u64) -> Result<(), L2Error> {
+        let mut p = redis::pipe();
+        p.cmd("HSETNX").arg(key).arg(field).arg(value).ignore();
+        self.exec::<()>(&p).await
+    }
+
+    /// Raises the generation `field` of the hash `key` to the larger of its value plus one and
+    /// `now_ms`, atomically; returns it. (Counting from the clock keeps generations growing
+    /// even when the hash is lost: see `coherence::generations`.)
+    pub(crate) async fn raise_generation(
+        &self,
+        key: &str,
+        field: &str,
+        now_ms: u64,
+    ) -> Result<u64, L2Error> {
+        const RAISE: &str = "local n = math.max((tonumber(redis.call('HGET', KEYS[1], ARGV[1])) or 0) + 1, tonumber(ARGV[2])) \
+            redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', n)) return n";
+        let mut p = redis::pipe();
+        p.cmd("EVAL")
+            .arg(RAISE)
+            .arg(1)
+            .arg(key)
+            .arg(field)
+            .arg(now_ms);
+        let (n,): (u64,) = self.exec(&p).await?;
+        Ok(n)
     }
 
     /// `HINCRBY key field 1`: the new value.

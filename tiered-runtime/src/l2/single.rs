@@ -122,6 +122,12 @@ impl Single {
         p.cmd("HINCRBY").arg(&hash).arg("*").arg(1).ignore();
         p.cmd("HMGET").arg(&hash).arg("*").arg("x").ignore();
         p.cmd("HGET").arg(&hash).arg("*").ignore();
+        p.cmd("HSETNX").arg(&hash).arg("y").arg(0).ignore();
+        p.cmd("EVAL")
+            .arg("redis.call('HGET', KEYS[1], 'x') redis.call('HSET', KEYS[1], 'x', '1') return 0")
+            .arg(1)
+            .arg(&hash)
+            .ignore();
         p.cmd("DEL").arg(&hash).ignore();
         let mut conn = conn.clone();
         match tokio::time::timeout(self.connect_timeout, p.query_async::<()>(&mut conn)).await {
