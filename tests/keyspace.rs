@@ -66,7 +66,7 @@ async fn user_arguments_never_reach_the_runtimes_own_keys() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let scanned = redis.keys();
+    let scanned = redis.all_keys();
     assert!(scanned.iter().any(|k| k == "ks:%~gen"), "{scanned:?}");
     for k in &scanned {
         args.push(k.clone());

@@ -256,10 +256,17 @@ impl RedisServer {
         self.cmd(&[b"PTTL", key.as_bytes()])
     }
 
-    /// Every key (test servers are small).
-    pub fn keys(&self) -> Vec<String> {
+    /// Every key (test servers are small), the runtime's own (`{namespace}:%~…`) included.
+    pub fn all_keys(&self) -> Vec<String> {
         let mut k: Vec<String> = self.cmd(&[b"KEYS", b"*"]);
         k.sort();
+        k
+    }
+
+    /// Every key but the runtime's own (`{namespace}:%~…`, e.g. the generations hash).
+    pub fn keys(&self) -> Vec<String> {
+        let mut k = self.all_keys();
+        k.retain(|k| !k.contains(":%~"));
         k
     }
 
