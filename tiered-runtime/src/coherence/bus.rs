@@ -290,10 +290,10 @@ async fn beacons(ctx: Ctx) {
             }
             last = read;
             if read.is_none() {
-                // Create the counter, so that its disappearance can be noticed; from a value
-                // of its own (new each time, never 0), so that an instance that saw the old counter and then
-                // the new one notices the change even when the lost one was 0 too. The next
-                // read is the baseline (another instance may have created it first).
+                // Create the counter, so that its disappearance can be noticed, from a value
+                // new each time: an instance that saw the old counter and then the new one
+                // notices the change. The next read is the baseline (another instance may
+                // have created it first).
                 let nanos = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos() as u64);
