@@ -471,8 +471,9 @@ async fn scenario_26_invalidations_sent_while_the_subscriber_is_disconnected() {
     );
 }
 
-/// Scenario 26, half-open variant: the proxy holds B's links (no FIN, no RST); the heartbeat
-/// detects it, B flushes, and resubscribes once the link passes again.
+/// Scenario 26, half-open variant: the proxy holds B's links (no FIN, no RST); A's beacons stop
+/// arriving (a silence, so B flushes), then the heartbeat detects the link, B flushes again,
+/// and resubscribes once the link passes again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_26_a_held_subscriber_link_is_detected_by_the_heartbeat() {
     let redis = RedisServer::start();
@@ -482,8 +483,17 @@ async fn scenario_26_a_held_subscriber_link_is_detected_by_the_heartbeat() {
     let db = Db::leak();
     a.scope(item(db, 1)).await;
     assert_eq!(b.scope(item(db, 1)).await, 0);
+    wait_until("B heard A", || b.stats().bus_origins == 1).await;
     proxy.set_mode(Mode::Hold);
-    let detected = wait_until("heartbeat detects the held link", || !b.stats().subscribed).await;
+    let held = Instant::now();
+    // A's beacons stop reaching B first: its silence already starts a new epoch.
+    wait_until("B took A's silence for a loss", || {
+        b.stats().total.l1_flushes_silence >= 1
+    })
+    .await;
+    let silent = held.elapsed();
+    wait_until("heartbeat detects the held link", || !b.stats().subscribed).await;
+    let detected = held.elapsed();
     let new = db.write(1);
     a.scope(invalidate_item(1)).await.expect("invalidate");
     // While held, calls on B still return (L2 is time-boxed); none serves the flushed entry.
@@ -499,7 +509,7 @@ async fn scenario_26_a_held_subscriber_link_is_detected_by_the_heartbeat() {
         "a call stalled {held_call:?} on a held link"
     );
     println!(
-        "held link: detected after {detected:?} (heartbeat 500 ms, 2 misses); a call while held took {held_call:?}; resubscribed {back:?} after release"
+        "held link: B flushed on A's silence after {silent:?}; the heartbeat detected the link after {detected:?} (500 ms, 2 misses); a call while held took {held_call:?}; resubscribed {back:?} after release"
     );
 }
 
