@@ -396,12 +396,29 @@ async fn opaque() -> Result<u8, Opaque> {
     }
 }
 
+/// A crate-wide alias whose error is `Serialize + Clone`: nothing in the signature says
+/// `Result`, and still an `Err` is never cached.
 type AppResult<T> = Result<T, String>;
+type Maybe<T> = Option<T>;
 
 counter!(ALIASED);
-#[tiered_cache(key = "aliased:<n>", returns = "result")]
+#[tiered_cache(key = "aliased:<n>")]
 async fn aliased(n: u8) -> AppResult<u8> {
     ALIASED.fetch_add(1, Ordering::SeqCst);
+    if n == 0 { Err("zero".into()) } else { Ok(n) }
+}
+
+counter!(ALIASED_OPTION);
+#[tiered_cache(key = "aliased-option:<n>")]
+async fn aliased_option(n: u8) -> Maybe<u8> {
+    ALIASED_OPTION.fetch_add(1, Ordering::SeqCst);
+    (n != 0).then_some(n)
+}
+
+counter!(DECLARED);
+#[tiered_cache(key = "declared:<n>", returns = "result")]
+async fn declared(n: u8) -> AppResult<u8> {
+    DECLARED.fetch_add(1, Ordering::SeqCst);
     if n == 0 { Err("zero".into()) } else { Ok(n) }
 }
 
@@ -416,7 +433,22 @@ async fn uncloneable_errors_and_aliased_results_work() {
         assert!(aliased(0).await.is_err());
         assert_eq!(aliased(3).await, Ok(3));
         assert_eq!(aliased(3).await, Ok(3));
+        assert_eq!(aliased_option(0).await, None);
+        assert_eq!(aliased_option(0).await, None);
+        assert_eq!(aliased_option(4).await, Some(4));
+        assert_eq!(aliased_option(4).await, Some(4));
+        assert!(declared(0).await.is_err());
+        assert!(declared(0).await.is_err());
     })
     .await;
-    assert_eq!((runs(&OPAQUE), runs(&ALIASED)), (2, 3));
+    assert_eq!(
+        (
+            runs(&OPAQUE),
+            runs(&ALIASED),
+            runs(&ALIASED_OPTION),
+            runs(&DECLARED)
+        ),
+        (2, 3, 3, 2),
+        "an Err or a None behind an alias was cached"
+    );
 }

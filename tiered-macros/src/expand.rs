@@ -6,9 +6,9 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::ItemFn;
 
-use crate::attr::{self, SpanOf, Tiers};
+use crate::attr::{self, Returns, SpanOf, Tiers};
 use crate::errors::Errors;
-use crate::signature::{self, Kind, Shape};
+use crate::signature::{self, Shape};
 use crate::template::{self, Template};
 
 pub(crate) fn tiered_cache(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -22,7 +22,7 @@ pub(crate) fn tiered_cache(args: TokenStream, item: TokenStream) -> TokenStream 
     };
     let mut errors = Errors::default();
     let opts = attr::parse(args, &mut errors);
-    let shape = signature::analyze(&f, opts.returns, &mut errors);
+    let shape = signature::analyze(&f, &mut errors);
     let template = opts
         .key
         .as_ref()
@@ -146,15 +146,28 @@ fn generate(
         }
     };
 
+    // The return kind comes from the type itself (a `Result` or an `Option` behind an alias
+    // included), by autoref specialization in the runtime; `returns = "…"` only declares it,
+    // and a declaration that conflicts with the type is an error at the declaration.
     let ret = &shape.ret;
-    let kind = match shape.kind {
-        Kind::Value => quote_spanned!(shape.ret_span=> ::tiered::private::plain::<#ret>()),
-        Kind::Option => quote_spanned!(shape.ret_span=> ::tiered::private::optional::<#ret>()),
-        Kind::Result => quote_spanned!(shape.ret_span=> {
-            #[allow(unused_imports)]
-            use ::tiered::private::{ErrIsClone as _, ErrIsNotClone as _};
-            (&::tiered::private::ResultProbe::<#ret>::new()).kind()
-        }),
+    let probe = quote_spanned! {shape.ret_span=> {
+        #[allow(unused_imports)]
+        use ::tiered::private::{
+            OptionValue as _, PlainValue as _, ResultCloneErr as _, ResultErr as _,
+        };
+        ::tiered::private::cacheable((&&&::tiered::private::KindProbe::<#ret>::new()).kind())
+    }};
+    let kind = match opts.returns {
+        None => probe,
+        Some((Returns::Value, span)) => {
+            quote_spanned!(span=> ::tiered::private::declared_value(#probe))
+        }
+        Some((Returns::Result, span)) => {
+            quote_spanned!(span=> ::tiered::private::declared_result(#probe))
+        }
+        Some((Returns::Option, span)) => {
+            quote_spanned!(span=> ::tiered::private::declared_option(#probe))
+        }
     };
 
     let ttl_ms = opts.ttl_ms;

@@ -1,9 +1,10 @@
-//! The function's shape: receiver, arguments, return kind, and what is unsupported.
+//! The function's shape: receiver, arguments, return type, and what is unsupported. (The
+//! return *kind* is taken from the type by the generated code, see `expand`.)
 
 use proc_macro2::Span;
 use syn::{FnArg, GenericParam, ItemFn, Pat, ReturnType, Type};
 
-use crate::attr::{Returns, SpanOf};
+use crate::attr::SpanOf;
 use crate::errors::Errors;
 
 pub(crate) struct Arg {
@@ -11,25 +12,16 @@ pub(crate) struct Arg {
     pub(crate) ty: Type,
 }
 
-/// How the return value maps onto the cache.
-#[derive(Clone, Copy, PartialEq)]
-pub(crate) enum Kind {
-    Result,
-    Option,
-    Value,
-}
-
 pub(crate) struct Shape {
     /// `&self` / `&mut self`: the function is a method.
     pub(crate) receiver: Option<syn::Receiver>,
     pub(crate) args: Vec<Arg>,
-    pub(crate) kind: Kind,
     /// The return type (`()` when none is written).
     pub(crate) ret: Type,
     pub(crate) ret_span: Span,
 }
 
-pub(crate) fn analyze(f: &ItemFn, returns: Option<(Returns, Span)>, errors: &mut Errors) -> Shape {
+pub(crate) fn analyze(f: &ItemFn, errors: &mut Errors) -> Shape {
     let sig = &f.sig;
     if sig.asyncness.is_none() {
         errors.at(
@@ -88,31 +80,11 @@ pub(crate) fn analyze(f: &ItemFn, returns: Option<(Returns, Span)>, errors: &mut
         ReturnType::Default => (syn::parse_quote!(()), sig.ident.span()),
         ReturnType::Type(_, ty) => ((**ty).clone(), ty.span_of()),
     };
-    let kind = match returns {
-        Some((Returns::Result, _)) => Kind::Result,
-        Some((Returns::Option, _)) => Kind::Option,
-        Some((Returns::Value, _)) => Kind::Value,
-        None => match last_segment(&ret).as_deref() {
-            Some("Result") => Kind::Result,
-            Some("Option") => Kind::Option,
-            _ => Kind::Value,
-        },
-    };
     Shape {
         receiver,
         args,
-        kind,
         ret,
         ret_span,
-    }
-}
-
-fn last_segment(ty: &Type) -> Option<String> {
-    match ty {
-        Type::Path(p) if p.qself.is_none() => p.path.segments.last().map(|s| s.ident.to_string()),
-        Type::Group(g) => last_segment(&g.elem),
-        Type::Paren(p) => last_segment(&p.elem),
-        _ => None,
     }
 }
 

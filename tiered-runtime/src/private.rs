@@ -27,48 +27,43 @@ impl<T> IsOption for Option<T> {
     type Some = T;
 }
 
-/// The kind of a plain return type `R`.
-pub fn plain<R: CacheValue>() -> Plain<R> {
-    Plain::new()
-}
+/// Picks the [`ReturnKind`] of a return type `R` from the type itself, by autoref
+/// specialization, so that a `Result` or an `Option` behind a type alias is recognised:
+/// `(&&&KindProbe::<R>::new()).kind()` finds, in this order,
+///
+/// 1. [`ResultCloneErr`]: `R` is a `Result` whose error is `Clone + Send + Sync + 'static`
+///    ([`Fallible`]: one `Err` reaches every caller of the flight);
+/// 2. [`ResultErr`] or [`OptionValue`]: any other `Result` ([`FallibleUncloneable`]), an
+///    `Option` ([`Optional`]);
+/// 3. [`PlainValue`]: anything else ([`Plain`]).
+///
+/// The cached value type's bounds are checked where the kind is used, so a `Result` whose `Ok`
+/// type cannot be cached is reported as such ("`T` cannot be cached by tiered").
+pub struct KindProbe<R>(PhantomData<fn() -> R>);
 
-/// The kind of an `Option`-like return type `R`.
-pub fn optional<R: IsOption>() -> Optional<R::Some>
-where
-    R::Some: CacheValue,
-{
-    Optional::new()
-}
-
-/// Picks [`Fallible`] when the error type is `Clone + Send + Sync`, else
-/// [`FallibleUncloneable`], by autoref specialization: `(&ResultProbe::<R>::new()).kind()`
-/// finds [`ErrIsClone::kind`] first when its bounds hold, [`ErrIsNotClone::kind`] otherwise.
-pub struct ResultProbe<R>(PhantomData<fn() -> R>);
-
-impl<R> ResultProbe<R> {
+impl<R> KindProbe<R> {
     /// The probe.
     pub const fn new() -> Self {
-        ResultProbe(PhantomData)
+        KindProbe(PhantomData)
     }
 }
 
-impl<R> Default for ResultProbe<R> {
+impl<R> Default for KindProbe<R> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-/// Chosen when the error is `Clone`: one `Err` reaches every coalesced caller.
-pub trait ErrIsClone {
+/// A `Result` whose error is `Clone + Send + Sync + 'static`.
+pub trait ResultCloneErr {
     /// The kind.
-    type Kind: ReturnKind;
+    type Kind;
     /// The kind as a value.
     fn kind(&self) -> Self::Kind;
 }
 
-impl<R: IsResult> ErrIsClone for ResultProbe<R>
+impl<R: IsResult> ResultCloneErr for &&KindProbe<R>
 where
-    R::Ok: CacheValue,
     R::Err: Clone + Send + Sync + 'static,
 {
     type Kind = Fallible<R::Ok, R::Err>;
@@ -77,23 +72,122 @@ where
     }
 }
 
-/// Chosen when the error is not `Clone`: followers form a new flight after an `Err`.
-pub trait ErrIsNotClone {
+/// Any other `Result`.
+pub trait ResultErr {
     /// The kind.
-    type Kind: ReturnKind;
+    type Kind;
     /// The kind as a value.
     fn kind(&self) -> Self::Kind;
 }
 
-impl<R: IsResult> ErrIsNotClone for &ResultProbe<R>
+impl<R: IsResult> ResultErr for &KindProbe<R>
 where
-    R::Ok: CacheValue,
     R::Err: 'static,
 {
     type Kind = FallibleUncloneable<R::Ok, R::Err>;
     fn kind(&self) -> Self::Kind {
         FallibleUncloneable::new()
     }
+}
+
+/// An `Option`.
+pub trait OptionValue {
+    /// The kind.
+    type Kind;
+    /// The kind as a value.
+    fn kind(&self) -> Self::Kind;
+}
+
+impl<R: IsOption> OptionValue for &KindProbe<R> {
+    type Kind = Optional<R::Some>;
+    fn kind(&self) -> Self::Kind {
+        Optional::new()
+    }
+}
+
+/// Any other type: always cached.
+pub trait PlainValue {
+    /// The kind.
+    type Kind;
+    /// The kind as a value.
+    fn kind(&self) -> Self::Kind;
+}
+
+impl<R> PlainValue for KindProbe<R> {
+    type Kind = Plain<R>;
+    fn kind(&self) -> Self::Kind {
+        Plain::new()
+    }
+}
+
+/// The cached value type of a kind (whatever its bounds), so that generated code can require
+/// [`CacheValue`] of it directly: the error then says "`T` cannot be cached by tiered".
+pub trait KindValue {
+    /// The cached value type.
+    type Value;
+}
+impl<T> KindValue for Plain<T> {
+    type Value = T;
+}
+impl<T> KindValue for Optional<T> {
+    type Value = T;
+}
+impl<T, E> KindValue for Fallible<T, E> {
+    type Value = T;
+}
+impl<T, E> KindValue for FallibleUncloneable<T, E> {
+    type Value = T;
+}
+
+/// Requires the kind's value type to be cacheable (see [`KindValue`]).
+pub fn cacheable<K: KindValue>(kind: K) -> K
+where
+    K::Value: CacheValue,
+{
+    kind
+}
+
+/// The kinds `returns = "value"` agrees with.
+#[diagnostic::on_unimplemented(
+    message = "`returns = \"value\"` conflicts with this return type",
+    label = "this type is a `Result` or an `Option`, whose `Err` or `None` is never cached",
+    note = "remove `returns`, or write `returns = \"result\"` / `returns = \"option\"`"
+)]
+pub trait DeclaredValue {}
+impl<T> DeclaredValue for Plain<T> {}
+
+/// The kinds `returns = "result"` agrees with.
+#[diagnostic::on_unimplemented(
+    message = "`returns = \"result\"` but this return type is not a `Result`",
+    label = "not a `Result` (also behind a type alias)",
+    note = "remove `returns`: the return kind is taken from the type"
+)]
+pub trait DeclaredResult {}
+impl<T, E> DeclaredResult for Fallible<T, E> {}
+impl<T, E> DeclaredResult for FallibleUncloneable<T, E> {}
+
+/// The kinds `returns = "option"` agrees with.
+#[diagnostic::on_unimplemented(
+    message = "`returns = \"option\"` but this return type is not an `Option`",
+    label = "not an `Option` (also behind a type alias)",
+    note = "remove `returns`: the return kind is taken from the type"
+)]
+pub trait DeclaredOption {}
+impl<T> DeclaredOption for Optional<T> {}
+
+/// Checks a `returns = "…"` declaration against the kind taken from the type.
+pub fn declared_value<K: DeclaredValue>(kind: K) -> K {
+    kind
+}
+
+/// Checks a `returns = "result"` declaration against the kind taken from the type.
+pub fn declared_result<K: DeclaredResult>(kind: K) -> K {
+    kind
+}
+
+/// Checks a `returns = "option"` declaration against the kind taken from the type.
+pub fn declared_option<K: DeclaredOption>(kind: K) -> K {
+    kind
 }
 
 /// [`prepare`] with the kind given as a value (so generated code can obtain it by inference).

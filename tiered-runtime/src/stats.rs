@@ -109,6 +109,9 @@ counters! {
     leases_orphaned,
     /// Leases the janitor gave up on (they expired in Redis by their TTL first).
     leases_abandoned,
+    /// Invalidations dropped because the handler's queue was full (each flushes L1, counted in
+    /// `l1_flushes_overflow`).
+    bus_messages_dropped,
     /// Messages dropped because the subscriber's push queue was full (each burst of drops
     /// flushes L1, counted in `l1_flushes_overflow`).
     bus_pushes_dropped,

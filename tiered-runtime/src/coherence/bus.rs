@@ -550,7 +550,10 @@ fn receive(
             let len = tx.max_capacity() - tx.capacity();
             bus.queue_peak.fetch_max(len, Ordering::Relaxed);
         }
-        Err(mpsc::error::TrySendError::Full(_)) => overflow(local, bus),
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            Counters::bump(&c.bus_messages_dropped);
+            overflow(local, bus);
+        }
         Err(mpsc::error::TrySendError::Closed(_)) => {}
     }
 }
