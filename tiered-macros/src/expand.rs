@@ -154,8 +154,9 @@ fn generate(
         #[allow(unused_imports)]
         use ::tiered::private::{
             OptionValue as _, PlainValue as _, ResultCloneErr as _, ResultErr as _,
+            ResultFromErr as _,
         };
-        ::tiered::private::cacheable((&&&::tiered::private::KindProbe::<#ret>::new()).kind())
+        ::tiered::private::cacheable((&&&&::tiered::private::KindProbe::<#ret>::new()).kind())
     }};
     let kind = match opts.returns {
         None => probe,

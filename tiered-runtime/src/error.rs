@@ -57,6 +57,15 @@ pub enum Error {
         /// `not connected` or `circuit breaker open`.
         reason: &'static str,
     },
+    /// The computation this call joined (another caller's run of the same function and key)
+    /// failed, with this error text. A memoized function whose error type is not `Clone` but
+    /// converts from this type (`anyhow::Error`, `eyre::Report`, `Box<dyn Error + Send + Sync>`)
+    /// returns it, converted, to every caller that waited for that run.
+    #[error("{message}")]
+    Flight {
+        /// The failed run's error, as text (`Display`).
+        message: String,
+    },
     /// The key template received a different number of values than it has placeholders.
     #[error("key template `{template}` of `{site}` expects {expected} values, got {got}")]
     KeyArity {

@@ -33,10 +33,14 @@
 //! # Behaviour chosen where the design leaves room
 //!
 //! * **Return kinds.** `T` is always cached; `Option<T>` caches `Some`; `Result<T, E>` caches
-//!   `Ok`. With [`Fallible`] (`E: Clone`) one `Err` reaches every follower of the flight; with
-//!   [`FallibleUncloneable`] the followers form one new flight after an `Err` (the body runs
-//!   once per flight, never concurrently for one key). A `None` is shared with the flight's
-//!   followers, not cached.
+//!   `Ok` (the kind is taken from the type, also behind a type alias). With [`Fallible`]
+//!   (`E: Clone + Send + Sync + 'static`) one `Err` reaches every follower of the flight; with
+//!   [`FallibleFrom`] (`E: From<Error> + Display`: `anyhow`, `eyre`, boxed errors) every
+//!   follower gets `E::from(Error::Flight { message })` with the leader's error text; with
+//!   [`FallibleUncloneable`] (any other `E`) the followers form one new flight after an `Err`
+//!   (the body runs once per flight, never concurrently for one key, so a burst of callers of
+//!   a body that keeps failing runs it once per caller, one after another). A `None` is shared
+//!   with the flight's followers, not cached.
 //! * **Cancelled or panicking leader.** The flight's entry is removed by a drop guard; the
 //!   followers wake up and exactly one of them runs the body again (once per takeover). The
 //!   panic itself propagates to the leader's caller only.
@@ -108,8 +112,8 @@ pub use config::{
 pub use error::{Error, Result};
 pub use key::Key;
 pub use memoize::{
-    CacheValue, Fallible, FallibleUncloneable, Optional, Plain, Prepared, ReturnKind, memoize,
-    prepare,
+    CacheValue, Fallible, FallibleFrom, FallibleUncloneable, Optional, Plain, Prepared, ReturnKind,
+    memoize, prepare,
 };
 pub use runtime::{Runtime, stats};
 pub use site::{Site, SiteOptions, Strategy, Tiers};

@@ -37,9 +37,9 @@ pub trait ReturnKind: 'static {
     fn from_value(v: Self::Value) -> Self::Output;
     /// A non-cacheable outcome in a form followers of the same flight can share; `None`
     /// makes the followers form a new flight instead.
-    fn share(out: &Self::Output) -> Option<Arc<dyn Any + Send + Sync>>;
+    fn share(&self, out: &Self::Output) -> Option<Arc<dyn Any + Send + Sync>>;
     /// The follower's copy of a shared outcome.
-    fn unshare(shared: &(dyn Any + Send + Sync)) -> Option<Self::Output>;
+    fn unshare(&self, shared: &(dyn Any + Send + Sync)) -> Option<Self::Output>;
 }
 
 /// Any `T`: always cached.
@@ -49,8 +49,42 @@ pub struct Optional<T>(PhantomData<fn() -> T>);
 /// `Result<T, E>` with `E: Clone`: `Ok` is cached; an `Err` reaches every follower of the
 /// flight (one body run per flight), and is never cached.
 pub struct Fallible<T, E>(PhantomData<fn() -> (T, E)>);
-/// `Result<T, E>` whose `E` is not `Clone`: `Ok` is cached; after an `Err` the followers form
-/// one new flight (so the body runs once per flight, never concurrently for one key).
+/// `Result<T, E>` whose `E` is not `Clone` but converts from [`Error`](crate::Error) and
+/// displays itself (`anyhow::Error`, `eyre::Report`, `Box<dyn Error + Send + Sync>`): `Ok` is
+/// cached; an `Err` reaches every follower of the flight as
+/// `E::from(Error::Flight { message })`, carrying the leader's error text (one body run per
+/// flight).
+///
+/// The conversions are captured as function pointers when the kind is created (where `E` is
+/// a concrete type), so the kind itself carries no trait bound on `E`: a spawned memoized
+/// future with `E = Box<dyn Error + Send + Sync>` stays `Send` without tripping the compiler's
+/// "implementation is not general enough" on higher-ranked trait objects.
+pub struct FallibleFrom<T, E> {
+    text: fn(&E) -> String,
+    from: fn(String) -> E,
+    value: PhantomData<fn() -> T>,
+}
+
+impl<T, E: From<crate::Error> + std::fmt::Display> FallibleFrom<T, E> {
+    /// The kind as a value.
+    pub fn new() -> Self {
+        FallibleFrom {
+            text: |e| e.to_string(),
+            from: |message| E::from(crate::Error::Flight { message }),
+            value: PhantomData,
+        }
+    }
+}
+
+impl<T, E: From<crate::Error> + std::fmt::Display> Default for FallibleFrom<T, E> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+/// `Result<T, E>` whose `E` is neither `Clone` nor convertible from
+/// [`Error`](crate::Error): `Ok` is cached; after an `Err` the followers form one new flight
+/// (so the body runs once per flight, never concurrently for one key; a burst of callers of a
+/// body that keeps failing runs it once per caller, one after another).
 pub struct FallibleUncloneable<T, E>(PhantomData<fn() -> (T, E)>);
 
 macro_rules! kind_constructors {
@@ -88,10 +122,10 @@ impl<T: CacheValue> ReturnKind for Plain<T> {
     fn from_value(v: T) -> T {
         v
     }
-    fn share(_: &T) -> Option<Arc<dyn Any + Send + Sync>> {
+    fn share(&self, _: &T) -> Option<Arc<dyn Any + Send + Sync>> {
         None
     }
-    fn unshare(_: &(dyn Any + Send + Sync)) -> Option<T> {
+    fn unshare(&self, _: &(dyn Any + Send + Sync)) -> Option<T> {
         None
     }
 }
@@ -107,11 +141,11 @@ impl<T: CacheValue> ReturnKind for Optional<T> {
     fn from_value(v: T) -> Option<T> {
         Some(v)
     }
-    fn share(out: &Option<T>) -> Option<Arc<dyn Any + Send + Sync>> {
+    fn share(&self, out: &Option<T>) -> Option<Arc<dyn Any + Send + Sync>> {
         out.is_none()
             .then(|| Arc::new(NoneMarker) as Arc<dyn Any + Send + Sync>)
     }
-    fn unshare(shared: &(dyn Any + Send + Sync)) -> Option<Option<T>> {
+    fn unshare(&self, shared: &(dyn Any + Send + Sync)) -> Option<Option<T>> {
         shared.is::<NoneMarker>().then_some(None)
     }
 }
@@ -125,13 +159,37 @@ impl<T: CacheValue, E: Clone + Send + Sync + 'static> ReturnKind for Fallible<T,
     fn from_value(v: T) -> Result<T, E> {
         Ok(v)
     }
-    fn share(out: &Result<T, E>) -> Option<Arc<dyn Any + Send + Sync>> {
+    fn share(&self, out: &Result<T, E>) -> Option<Arc<dyn Any + Send + Sync>> {
         out.as_ref()
             .err()
             .map(|e| Arc::new(e.clone()) as Arc<dyn Any + Send + Sync>)
     }
-    fn unshare(shared: &(dyn Any + Send + Sync)) -> Option<Result<T, E>> {
+    fn unshare(&self, shared: &(dyn Any + Send + Sync)) -> Option<Result<T, E>> {
         shared.downcast_ref::<E>().map(|e| Err(e.clone()))
+    }
+}
+
+/// The text of a leader's error, shared with its followers.
+struct FlightError(String);
+
+impl<T: CacheValue, E: 'static> ReturnKind for FallibleFrom<T, E> {
+    type Output = Result<T, E>;
+    type Value = T;
+    fn cached(out: &Result<T, E>) -> Option<&T> {
+        out.as_ref().ok()
+    }
+    fn from_value(v: T) -> Result<T, E> {
+        Ok(v)
+    }
+    fn share(&self, out: &Result<T, E>) -> Option<Arc<dyn Any + Send + Sync>> {
+        out.as_ref()
+            .err()
+            .map(|e| Arc::new(FlightError((self.text)(e))) as Arc<dyn Any + Send + Sync>)
+    }
+    fn unshare(&self, shared: &(dyn Any + Send + Sync)) -> Option<Result<T, E>> {
+        shared
+            .downcast_ref::<FlightError>()
+            .map(|e| Err((self.from)(e.0.clone())))
     }
 }
 
@@ -144,10 +202,10 @@ impl<T: CacheValue, E: 'static> ReturnKind for FallibleUncloneable<T, E> {
     fn from_value(v: T) -> Result<T, E> {
         Ok(v)
     }
-    fn share(_: &Result<T, E>) -> Option<Arc<dyn Any + Send + Sync>> {
+    fn share(&self, _: &Result<T, E>) -> Option<Arc<dyn Any + Send + Sync>> {
         None
     }
-    fn unshare(_: &(dyn Any + Send + Sync)) -> Option<Result<T, E>> {
+    fn unshare(&self, _: &(dyn Any + Send + Sync)) -> Option<Result<T, E>> {
         None
     }
 }
@@ -188,7 +246,7 @@ pub fn memoize<K, F, Fut>(
     body: F,
 ) -> impl Future<Output = K::Output> + use<K, F, Fut>
 where
-    K: ReturnKind,
+    K: ReturnKind + Default,
     F: FnOnce() -> Fut,
     Fut: Future<Output = K::Output>,
 {
@@ -198,9 +256,22 @@ where
 /// The first, synchronous half of [`memoize`]: the key is rendered and L1 consulted. The
 /// result borrows nothing, so the arguments can then be moved into the body passed to
 /// [`Prepared::run`] (this is what the macro generates).
-pub fn prepare<K: ReturnKind>(site: &'static Site, args: &[&(dyn Display + Sync)]) -> Prepared<K> {
+pub fn prepare<K: ReturnKind + Default>(
+    site: &'static Site,
+    args: &[&(dyn Display + Sync)],
+) -> Prepared<K> {
+    prepare_with(K::default(), site, args)
+}
+
+/// [`prepare`] with the kind given as a value.
+pub(crate) fn prepare_with<K: ReturnKind>(
+    kind: K,
+    site: &'static Site,
+    args: &[&(dyn Display + Sync)],
+) -> Prepared<K> {
     Prepared {
         site,
+        kind,
         lookup: with_current(|rt| rt.lookup::<K::Value>(site, args)),
     }
 }
@@ -208,6 +279,7 @@ pub fn prepare<K: ReturnKind>(site: &'static Site, args: &[&(dyn Display + Sync)
 /// A call whose key is rendered and whose L1 lookup is done; see [`prepare`].
 pub struct Prepared<K: ReturnKind> {
     site: &'static Site,
+    kind: K,
     lookup: Lookup<K::Value>,
 }
 
@@ -218,13 +290,15 @@ impl<K: ReturnKind> Prepared<K> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = K::Output>,
     {
-        let Prepared { site, lookup } = self;
+        let Prepared { site, kind, lookup } = self;
         async move {
             match lookup {
                 Lookup::Hit(v) => K::from_value(v),
                 // Boxed: the slow path's state machine is large (about 1 KiB), and kept inline
                 // it would make every L1 hit create and move that much memory.
-                Lookup::Miss(rt, key) => Box::pin(rt.fill::<K, F, Fut>(site, key, body)).await,
+                Lookup::Miss(rt, key) => {
+                    Box::pin(rt.fill::<K, F, Fut>(kind, site, key, body)).await
+                }
                 Lookup::Bypass => Box::pin(body()).await,
             }
         }
@@ -275,7 +349,7 @@ impl Runtime {
     }
 
     /// The slow path: coalesce, read L2 (taking the fill lease on a miss), run the body, fill.
-    async fn fill<K, F, Fut>(self, site: &'static Site, key: Key, body: F) -> K::Output
+    async fn fill<K, F, Fut>(self, kind: K, site: &'static Site, key: Key, body: F) -> K::Output
     where
         K: ReturnKind,
         F: FnOnce() -> Fut,
@@ -294,7 +368,7 @@ impl Runtime {
                             Some(v) => return K::from_value(v.clone()),
                             None => return body().await,
                         },
-                        Some(Shared::Output(o)) => match K::unshare(&*o) {
+                        Some(Shared::Output(o)) => match kind.unshare(&*o) {
                             Some(out) => return out,
                             None => return body().await,
                         },
@@ -389,7 +463,10 @@ impl Runtime {
                 {
                     e.count(c);
                 }
-                guard.complete(K::share(&out).map_or(Shared::Retry, Shared::Output), || {});
+                guard.complete(
+                    kind.share(&out).map_or(Shared::Retry, Shared::Output),
+                    || {},
+                );
             }
         }
         out

@@ -3,7 +3,9 @@
 use std::fmt;
 use std::marker::PhantomData;
 
-use crate::memoize::{CacheValue, Fallible, FallibleUncloneable, Optional, Plain, ReturnKind};
+use crate::memoize::{
+    CacheValue, Fallible, FallibleFrom, FallibleUncloneable, Optional, Plain, ReturnKind,
+};
 pub use crate::memoize::{Prepared, prepare};
 
 /// `Result<T, E>`, also behind a type alias.
@@ -29,13 +31,15 @@ impl<T> IsOption for Option<T> {
 
 /// Picks the [`ReturnKind`] of a return type `R` from the type itself, by autoref
 /// specialization, so that a `Result` or an `Option` behind a type alias is recognised:
-/// `(&&&KindProbe::<R>::new()).kind()` finds, in this order,
+/// `(&&&&KindProbe::<R>::new()).kind()` finds, in this order,
 ///
 /// 1. [`ResultCloneErr`]: `R` is a `Result` whose error is `Clone + Send + Sync + 'static`
 ///    ([`Fallible`]: one `Err` reaches every caller of the flight);
-/// 2. [`ResultErr`] or [`OptionValue`]: any other `Result` ([`FallibleUncloneable`]), an
+/// 2. [`ResultFromErr`]: a `Result` whose error converts from [`Error`](crate::Error) and is
+///    `Display` ([`FallibleFrom`]: every caller of the flight gets the leader's error text);
+/// 3. [`ResultErr`] or [`OptionValue`]: any other `Result` ([`FallibleUncloneable`]), an
 ///    `Option` ([`Optional`]);
-/// 3. [`PlainValue`]: anything else ([`Plain`]).
+/// 4. [`PlainValue`]: anything else ([`Plain`]).
 ///
 /// The cached value type's bounds are checked where the kind is used, so a `Result` whose `Ok`
 /// type cannot be cached is reported as such ("`T` cannot be cached by tiered").
@@ -62,13 +66,31 @@ pub trait ResultCloneErr {
     fn kind(&self) -> Self::Kind;
 }
 
-impl<R: IsResult> ResultCloneErr for &&KindProbe<R>
+impl<R: IsResult> ResultCloneErr for &&&KindProbe<R>
 where
     R::Err: Clone + Send + Sync + 'static,
 {
     type Kind = Fallible<R::Ok, R::Err>;
     fn kind(&self) -> Self::Kind {
         Fallible::new()
+    }
+}
+
+/// A `Result` whose error converts from [`Error`](crate::Error) and is `Display`.
+pub trait ResultFromErr {
+    /// The kind.
+    type Kind;
+    /// The kind as a value.
+    fn kind(&self) -> Self::Kind;
+}
+
+impl<R: IsResult> ResultFromErr for &&KindProbe<R>
+where
+    R::Err: From<crate::Error> + fmt::Display + 'static,
+{
+    type Kind = FallibleFrom<R::Ok, R::Err>;
+    fn kind(&self) -> Self::Kind {
+        FallibleFrom::new()
     }
 }
 
@@ -135,6 +157,9 @@ impl<T> KindValue for Optional<T> {
 impl<T, E> KindValue for Fallible<T, E> {
     type Value = T;
 }
+impl<T, E> KindValue for FallibleFrom<T, E> {
+    type Value = T;
+}
 impl<T, E> KindValue for FallibleUncloneable<T, E> {
     type Value = T;
 }
@@ -164,6 +189,7 @@ impl<T> DeclaredValue for Plain<T> {}
 )]
 pub trait DeclaredResult {}
 impl<T, E> DeclaredResult for Fallible<T, E> {}
+impl<T, E> DeclaredResult for FallibleFrom<T, E> {}
 impl<T, E> DeclaredResult for FallibleUncloneable<T, E> {}
 
 /// The kinds `returns = "option"` agrees with.
@@ -192,11 +218,11 @@ pub fn declared_option<K: DeclaredOption>(kind: K) -> K {
 
 /// [`prepare`] with the kind given as a value (so generated code can obtain it by inference).
 pub fn prepare_as<K: ReturnKind>(
-    _kind: K,
+    kind: K,
     site: &'static crate::Site,
     args: &[&(dyn fmt::Display + Sync)],
 ) -> Prepared<K> {
-    prepare::<K>(site, args)
+    crate::memoize::prepare_with(kind, site, args)
 }
 
 /// Displays the name of `T`: the default key of a method includes its `Self` type.
