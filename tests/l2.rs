@@ -585,8 +585,17 @@ async fn scenario_18_unreachable_at_startup_then_redis_appears() {
         }
     })
     .await;
+    let connected = up.elapsed();
+    // The subscription comes up by itself too; it starts a new L1 epoch, which also refuses
+    // the fill of a computation that was in flight at that moment, so wait for it.
+    bounded("runtime to subscribe by itself", async {
+        while !rt.stats().subscribed {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
     println!(
-        "scenario 18: connected {:?} after Redis appeared",
+        "scenario 18: connected {connected:?} and subscribed {:?} after Redis appeared",
         up.elapsed()
     );
     assert_eq!(rt.scope(outage_call(2, &calls)).await, 1002);

@@ -115,7 +115,9 @@ fn generate(
                     let ident = &arg.ident;
                     // Spanned at the argument's type: "X doesn't implement Display" points there.
                     let span = arg.ty.span_of();
-                    values.push(quote_spanned!(span=> &#ident #(.#fields)*));
+                    values.push(
+                        quote_spanned!(span=> ::tiered::private::key_arg(&#ident #(.#fields)*)),
+                    );
                     used.push(p.root.clone());
                 }
             }
@@ -133,7 +135,7 @@ fn generate(
             for a in &shape.args {
                 let ident = &a.ident;
                 let span = a.ty.span_of();
-                values.push(quote_spanned!(span=> &#ident));
+                values.push(quote_spanned!(span=> ::tiered::private::default_key_arg(&#ident)));
                 suffix.push_str(&format!(":<{ident}>"));
             }
             let used = shape.args.iter().map(|a| a.ident.to_string()).collect();

@@ -50,7 +50,7 @@ pub(crate) fn analyze(f: &ItemFn, errors: &mut Errors) -> Shape {
                 if r.reference.is_none() || r.colon_token.is_some() {
                     errors.at(
                         r.self_token.span,
-                        "#[tiered_cache] methods take `&self` or `&mut self`: a receiver by value (or a typed receiver) would be consumed by the first call",
+                        "#[tiered_cache] methods take `&self` or `&mut self` (written exactly so): `self` by value, `self: Arc<Self>`, `self: &Self` and other typed receivers are not supported; take `&self`, or memoize a free function and call it from this method",
                     );
                 } else {
                     receiver = Some(r.clone());
