@@ -152,6 +152,7 @@ struct Repo {
 }
 
 counter!(REPO_GET);
+#[tiered_cache]
 impl Repo {
     #[tiered_cache(key = "repo:<self.tenant>:<id>")]
     async fn get(&self, id: u32) -> String {
@@ -352,6 +353,7 @@ async fn hygiene_and_reference_arguments() {
 struct Users;
 struct Orders;
 counter!(DEFAULT_KEY);
+#[tiered_cache]
 impl Users {
     #[tiered_cache]
     async fn get(&self, id: u32) -> String {
@@ -359,6 +361,7 @@ impl Users {
         format!("user {id}")
     }
 }
+#[tiered_cache]
 impl Orders {
     #[tiered_cache]
     async fn get(&self, id: u32) -> String {
@@ -367,8 +370,12 @@ impl Orders {
     }
 }
 
+/// Same-named methods of two types are two functions: their keys, stats rows and
+/// `invalidate_all_*` stay apart, and their identity comes from what the user wrote (pinned:
+/// the keys and the schema fingerprints are the same for every build and toolchain;
+/// `module_path!()` writes this test file's module, `macro`, as `r#macro`).
 #[tokio::test]
-async fn default_keys_of_methods_include_the_self_type() {
+async fn same_named_methods_of_two_types_stay_apart_and_their_keys_are_pinned() {
     let redis = RedisServer::start();
     let rt = runtime(&redis).await;
     rt.scope(async {
@@ -377,11 +384,40 @@ async fn default_keys_of_methods_include_the_self_type() {
         assert_eq!(Users.get(1).await, "user 1");
         Orders::invalidate_get(1).await.expect("invalidate");
         assert_eq!(Users.get(1).await, "user 1");
+        assert_eq!(Orders.get(2).await, "order 2");
+        Users::invalidate_all_get().await.expect("invalidate_all");
+        assert_eq!(Orders.get(2).await, "order 2", "from Orders' L1, untouched");
     })
     .await;
-    assert_eq!(runs(&DEFAULT_KEY), 2);
-    assert_eq!(redis.keys().len(), 1, "{:?}", redis.keys());
+    assert_eq!(runs(&DEFAULT_KEY), 3);
+    let s = rt.stats();
+    let names: Vec<&str> = s.sites.iter().map(|x| x.name).collect();
+    assert!(
+        names.contains(&"r#macro::Users::get") && names.contains(&"r#macro::Orders::get"),
+        "{names:?}"
+    );
+    assert_eq!(s.site("r#macro::Orders::get").map(|c| c.l1_hits), Some(1));
+    assert_eq!(
+        redis.keys(),
+        vec![
+            "m:r#macro::Orders::get:<2>".to_owned(),
+            "m:r#macro::Users::get:<1>".to_owned(),
+        ]
+    );
+    // The schema fingerprint is SHA-256 over the return type as written (and the version).
+    let stored = redis.get("m:r#macro::Users::get:<1>").expect("stored");
+    assert_eq!(&stored[4..20], &tiered::codec::fingerprint("String", 0)[..]);
+    assert_eq!(
+        tiered::codec::fingerprint("String", 0)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        PINNED_STRING_FINGERPRINT
+    );
 }
+
+/// `codec::fingerprint("String", 0)`, pinned: it must never change between builds.
+const PINNED_STRING_FINGERPRINT: &str = "11a75d24e23bfd91b4a45c9215c51e51";
 
 #[derive(Debug)]
 struct Opaque;

@@ -30,6 +30,8 @@ pub(crate) struct Options {
     pub(crate) tiers: Tiers,
     pub(crate) version: u32,
     pub(crate) returns: Option<(Returns, Span)>,
+    /// The `Self` type as written, passed down by `#[tiered_cache]` on the enclosing `impl`.
+    pub(crate) self_type: Option<String>,
 }
 
 const KNOWN: &str = "`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`, `returns`";
@@ -49,6 +51,7 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Options {
         tiers: Tiers::Both,
         version: 0,
         returns: None,
+        self_type: None,
     };
     let metas = match Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(args) {
         Ok(m) => m,
@@ -147,6 +150,12 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Options {
                             format!("unknown return kind {other:?}; expected \"result\", \"option\" or \"value\""),
                         ),
                     }
+                }
+            }
+            // Written by `#[tiered_cache]` on the enclosing `impl` block, never by users.
+            "__self_type" => {
+                if let Some(lit) = string(&m.value, "__self_type", errors) {
+                    o.self_type = Some(lit.value());
                 }
             }
             other => errors.at(

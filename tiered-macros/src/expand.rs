@@ -30,6 +30,12 @@ pub(crate) fn tiered_cache(args: TokenStream, item: TokenStream) -> TokenStream 
     if let (Some(t), Some(lit)) = (&template, &opts.key) {
         check_placeholders(t, &shape, lit, &mut errors);
     }
+    if shape.receiver.is_some() && opts.self_type.is_none() {
+        errors.at(
+            f.sig.ident.span(),
+            "a memoized method needs `#[tiered_cache]` on its `impl` block too (it gives the method its identity, `module::Type::method`); trait items cannot be memoized: memoize an inherent method and call it from the trait",
+        );
+    }
     if let Some(errs) = errors.into_compile_errors() {
         // The function unchanged, so that its callers do not cascade into further errors.
         return quote!(#f #errs);
@@ -93,7 +99,13 @@ fn generate(
     let site_fn = format_ident!("__tiered_site_{}", name);
     let companion = format_ident!("invalidate_{}", name);
     let companion_all = format_ident!("invalidate_all_{}", name);
-    let is_method = shape.receiver.is_some();
+    // Inside an `impl` (told by `#[tiered_cache]` on it): `module::Type::name`.
+    let self_type = opts.self_type.as_deref();
+    let is_method = self_type.is_some();
+    let qualified = match self_type {
+        Some(ty) => format!("{ty}::{name_str}"),
+        None => name_str.clone(),
+    };
     let site_call = if is_method {
         quote!(Self::#site_fn())
     } else {
@@ -125,13 +137,10 @@ fn generate(
             (values, used, uses_self, lit)
         }
         None => {
-            // Default key: the function's path (and `Self` for methods) plus every argument.
+            // Default key: the function's path (`module::Type::method` for methods, from
+            // what the user wrote, never `std::any::type_name`) plus every argument.
             let mut values = Vec::new();
             let mut suffix = String::new();
-            if is_method {
-                values.push(quote!(&::tiered::private::TypeName::<Self>::new()));
-                suffix.push_str(":<Self>");
-            }
             for a in &shape.args {
                 let ident = &a.ident;
                 let span = a.ty.span_of();
@@ -143,7 +152,7 @@ fn generate(
                 values,
                 used,
                 false,
-                quote!(::core::concat!(::core::module_path!(), "::", #name_str, #suffix)),
+                quote!(::core::concat!(::core::module_path!(), "::", #qualified, #suffix)),
             )
         }
     };
@@ -173,6 +182,9 @@ fn generate(
         }
     };
 
+    // The schema fingerprint's source: the return type as written (white space removed), so
+    // it is the same for every build and toolchain.
+    let schema = crate::item_impl::normalized(ret);
     let ttl_ms = opts.ttl_ms;
     let tiers = match opts.tiers {
         Tiers::L1 => quote!(L1),
@@ -223,9 +235,10 @@ fn generate(
 
         #[doc(hidden)]
         fn #site_fn() -> &'static ::tiered::Site {
-            static __TIERED_SITE: ::tiered::Site = ::tiered::Site::new(
-                ::core::concat!(::core::module_path!(), "::", #name_str),
+            static __TIERED_SITE: ::tiered::Site = ::tiered::Site::with_schema(
+                ::core::concat!(::core::module_path!(), "::", #qualified),
                 #template_expr,
+                #schema,
                 ::tiered::SiteOptions {
                     ttl: ::core::time::Duration::from_millis(#ttl_ms),
                     tiers: ::tiered::Tiers::#tiers,

@@ -10,6 +10,7 @@
 mod attr;
 mod errors;
 mod expand;
+mod item_impl;
 mod signature;
 mod template;
 
@@ -18,7 +19,14 @@ use proc_macro::TokenStream;
 /// Memoizes an `async fn` through the tiered runtime (L1 → coalescing → L2 → body) and
 /// generates `invalidate_<fn>(…)` and `invalidate_all_<fn>()` beside it. See the `tiered` crate
 /// docs for the options.
+///
+/// Methods are memoized inside an `impl` block that carries `#[tiered_cache]` too (without
+/// options): it gives each method its identity, `module::Type::method`.
 #[proc_macro_attribute]
 pub fn tiered_cache(args: TokenStream, item: TokenStream) -> TokenStream {
-    expand::tiered_cache(args.into(), item.into()).into()
+    let item: proc_macro2::TokenStream = item.into();
+    match syn::parse2::<syn::ItemImpl>(item.clone()) {
+        Ok(imp) => item_impl::expand(args.into(), imp).into(),
+        Err(_) => expand::tiered_cache(args.into(), item).into(),
+    }
 }

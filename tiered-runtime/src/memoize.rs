@@ -400,7 +400,7 @@ impl Runtime {
             return K::from_value(v);
         }
 
-        let fingerprint = site.fingerprint::<K::Value>();
+        let fingerprint = site.fingerprint();
         let l2 = inner.l2.as_deref().filter(|_| tiers.l2());
         let mut lease = None;
         let mut stamp = Stamp::default();

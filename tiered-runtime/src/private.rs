@@ -252,25 +252,3 @@ pub fn prepare_as<K: ReturnKind>(
 ) -> Prepared<K> {
     crate::memoize::prepare_with(kind, site, args)
 }
-
-/// Displays the name of `T`: the default key of a method includes its `Self` type.
-pub struct TypeName<T: ?Sized>(PhantomData<fn() -> *const T>);
-
-impl<T: ?Sized> TypeName<T> {
-    /// The value.
-    pub const fn new() -> Self {
-        TypeName(PhantomData)
-    }
-}
-
-impl<T: ?Sized> Default for TypeName<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl<T: ?Sized> fmt::Display for TypeName<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(std::any::type_name::<T>())
-    }
-}

@@ -105,6 +105,7 @@ static NEXT_SITE_INDEX: AtomicUsize = AtomicUsize::new(0);
 pub struct Site {
     name: &'static str,
     template: &'static str,
+    schema: Option<&'static str>,
     options: SiteOptions,
     compiled: OnceLock<Result<Template, TemplateError>>,
     index: OnceLock<usize>,
@@ -116,10 +117,30 @@ pub struct Site {
 
 impl Site {
     /// A site for the function `name` (its path, used in stats and logs) with key `template`.
+    /// Its schema fingerprint is made of `name` and `options.version`: bump the version when
+    /// the value type changes (or use [`with_schema`](Self::with_schema)).
     pub const fn new(name: &'static str, template: &'static str, options: SiteOptions) -> Site {
+        Self::with_schema(name, template, "", options)
+    }
+
+    /// A site whose schema fingerprint is made of `schema` (the value type as written; the
+    /// macro passes the function's return type) and `options.version`: entries written for
+    /// another schema are misses. Built only from text, so the same for every build and
+    /// toolchain.
+    pub const fn with_schema(
+        name: &'static str,
+        template: &'static str,
+        schema: &'static str,
+        options: SiteOptions,
+    ) -> Site {
         Site {
             name,
             template,
+            schema: if schema.is_empty() {
+                None
+            } else {
+                Some(schema)
+            },
             options,
             compiled: OnceLock::new(),
             index: OnceLock::new(),
@@ -157,10 +178,10 @@ impl Site {
             .get_or_init(|| NEXT_SITE_INDEX.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Schema fingerprint of the value type `T` at this site (type name + `version`).
-    pub(crate) fn fingerprint<T: 'static>(&self) -> &[u8; 16] {
+    /// Schema fingerprint of this site's values: its schema (else its name) and `version`.
+    pub(crate) fn fingerprint(&self) -> &[u8; 16] {
         self.fingerprint.get_or_init(|| {
-            crate::codec::fingerprint(std::any::type_name::<T>(), self.options.version)
+            crate::codec::fingerprint(self.schema.unwrap_or(self.name), self.options.version)
         })
     }
 

@@ -2,6 +2,7 @@ use tiered::tiered_cache;
 
 struct Repo;
 
+#[tiered_cache]
 impl Repo {
     #[tiered_cache]
     async fn consume(self, id: u32) -> u32 {

@@ -1,4 +1,5 @@
-//! Methods with `&self` and `&mut self`; companions are associated functions of the same impl.
+//! Methods with `&self` and `&mut self` and associated functions, in an `impl` that carries
+//! `#[tiered_cache]`; companions are associated functions of the same impl.
 use tiered::tiered_cache;
 
 pub struct Repo {
@@ -6,6 +7,7 @@ pub struct Repo {
     reads: u32,
 }
 
+#[tiered_cache]
 impl Repo {
     #[tiered_cache(key = "repo:<self.tenant>:<id>")]
     pub async fn get(&self, id: u32) -> String {
@@ -22,6 +24,12 @@ impl Repo {
     async fn default_key(&self, a: u8, b: String) -> Option<String> {
         Some(format!("{a}{b}"))
     }
+
+    /// An associated function without a receiver.
+    #[tiered_cache(key = "by-id:<id>")]
+    async fn by_id(id: u32) -> u32 {
+        id
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -33,4 +41,7 @@ async fn main() {
     repo.invalidate_get(1).await.unwrap();
     Repo::invalidate_count(2).await.unwrap();
     Repo::invalidate_default_key(1, "x".into()).await.unwrap();
+    assert_eq!(Repo::by_id(3).await, 3);
+    Repo::invalidate_by_id(3).await.unwrap();
+    Repo::invalidate_all_by_id().await.unwrap();
 }
