@@ -32,9 +32,11 @@ pub(crate) struct Options {
     pub(crate) returns: Option<(Returns, Span)>,
     /// The `Self` type as written, passed down by `#[tiered_cache]` on the enclosing `impl`.
     pub(crate) self_type: Option<String>,
+    /// The path of the `tiered` crate (`crate = "…"`), for a renamed dependency.
+    pub(crate) krate: Option<syn::Path>,
 }
 
-const KNOWN: &str = "`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`, `returns`";
+const KNOWN: &str = "`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`, `returns`, `crate`";
 const STRATEGIES: &[(&str, u64)] = &[
     ("RealTime", 10_000),
     ("ShortTerm", 300_000),
@@ -52,6 +54,7 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Options {
         version: 0,
         returns: None,
         self_type: None,
+        krate: None,
     };
     let metas = match Punctuated::<MetaNameValue, Token![,]>::parse_terminated.parse2(args) {
         Ok(m) => m,
@@ -135,6 +138,20 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Options {
                         other => errors.at(
                             lit.span(),
                             format!("unknown tiers {other:?}; expected \"l1\", \"l2\" or \"both\""),
+                        ),
+                    }
+                }
+            }
+            "crate" => {
+                if let Some(lit) = string(&m.value, "crate", errors) {
+                    match lit.parse::<syn::Path>() {
+                        Ok(path) => o.krate = Some(path),
+                        Err(_) => errors.at(
+                            lit.span(),
+                            format!(
+                                "`crate` takes the path of the tiered crate, e.g. \"::tiered\" or \"my_renamed_tiered\"; {:?} is not a path",
+                                lit.value()
+                            ),
                         ),
                     }
                 }

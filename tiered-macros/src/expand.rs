@@ -94,6 +94,11 @@ fn generate(
         sig,
         block,
     } = f;
+    // `::tiered`, or the path given with `crate = "…"` (a renamed dependency).
+    let krate: syn::Path = opts
+        .krate
+        .clone()
+        .unwrap_or_else(|| syn::parse_quote!(::tiered));
     let name = &sig.ident;
     let name_str = name.to_string();
     let site_fn = format_ident!("__tiered_site_{}", name);
@@ -128,7 +133,7 @@ fn generate(
                     // Spanned at the argument's type: "X doesn't implement Display" points there.
                     let span = arg.ty.span_of();
                     values.push(
-                        quote_spanned!(span=> ::tiered::private::key_arg(&#ident #(.#fields)*)),
+                        quote_spanned!(span=> #krate::private::key_arg(&#ident #(.#fields)*)),
                     );
                     used.push(p.root.clone());
                 }
@@ -144,7 +149,7 @@ fn generate(
             for a in &shape.args {
                 let ident = &a.ident;
                 let span = a.ty.span_of();
-                values.push(quote_spanned!(span=> ::tiered::private::default_key_arg(&#ident)));
+                values.push(quote_spanned!(span=> #krate::private::default_key_arg(&#ident)));
                 suffix.push_str(&format!(":<{ident}>"));
             }
             let used = shape.args.iter().map(|a| a.ident.to_string()).collect();
@@ -163,22 +168,22 @@ fn generate(
     let ret = &shape.ret;
     let probe = quote_spanned! {shape.ret_span=> {
         #[allow(unused_imports)]
-        use ::tiered::private::{
+        use #krate::private::{
             OptionValue as _, PlainValue as _, ResultCloneErr as _, ResultErr as _,
             ResultFromErr as _,
         };
-        ::tiered::private::cacheable((&&&&::tiered::private::KindProbe::<#ret>::new()).kind())
+        #krate::private::cacheable((&&&&#krate::private::KindProbe::<#ret>::new()).kind())
     }};
     let kind = match opts.returns {
         None => probe,
         Some((Returns::Value, span)) => {
-            quote_spanned!(span=> ::tiered::private::declared_value(#probe))
+            quote_spanned!(span=> #krate::private::declared_value(#probe))
         }
         Some((Returns::Result, span)) => {
-            quote_spanned!(span=> ::tiered::private::declared_result(#probe))
+            quote_spanned!(span=> #krate::private::declared_result(#probe))
         }
         Some((Returns::Option, span)) => {
-            quote_spanned!(span=> ::tiered::private::declared_option(#probe))
+            quote_spanned!(span=> #krate::private::declared_option(#probe))
         }
     };
 
@@ -222,9 +227,27 @@ fn generate(
     // Spanned at the return type, so that a value type that cannot be cached is reported
     // there rather than at the attribute.
     let ret_span = shape.ret_span;
+    // The user's block keeps its own spans. The "fake return" (never taken) fixes the async
+    // block's output to the declared return type before the block is checked, so that a type
+    // error inside the body points at the user's expression ("expected `u64`, found `&str`"),
+    // as it would without the attribute; the trick is tracing-attributes'.
     let body = quote_spanned! {ret_span=>
-        let __tiered_prepared = ::tiered::private::prepare_as(#kind, #site_call, &[#(#values),*]);
-        __tiered_prepared.run(move || async move #block).await
+        let __tiered_prepared = #krate::private::prepare_as(#kind, #site_call, &[#(#values),*]);
+        __tiered_prepared
+            .run(move || async move {
+                #[allow(
+                    unreachable_code,
+                    clippy::diverging_sub_expression,
+                    clippy::empty_loop,
+                    clippy::needless_return
+                )]
+                if false {
+                    let __tiered_fake_return: #ret = loop {};
+                    return __tiered_fake_return;
+                }
+                #block
+            })
+            .await
     };
 
     quote! {
@@ -234,14 +257,14 @@ fn generate(
         }
 
         #[doc(hidden)]
-        fn #site_fn() -> &'static ::tiered::Site {
-            static __TIERED_SITE: ::tiered::Site = ::tiered::Site::with_schema(
+        fn #site_fn() -> &'static #krate::Site {
+            static __TIERED_SITE: #krate::Site = #krate::Site::with_schema(
                 ::core::concat!(::core::module_path!(), "::", #qualified),
                 #template_expr,
                 #schema,
-                ::tiered::SiteOptions {
+                #krate::SiteOptions {
                     ttl: ::core::time::Duration::from_millis(#ttl_ms),
-                    tiers: ::tiered::Tiers::#tiers,
+                    tiers: #krate::Tiers::#tiers,
                     promote: #promote,
                     version: #version,
                 },
@@ -251,14 +274,14 @@ fn generate(
 
         #[doc = #companion_doc]
         #vis async fn #companion #generics (#companion_self #(#companion_args),*)
-            -> ::core::result::Result<(), ::tiered::Error> #where_clause
+            -> ::core::result::Result<(), #krate::Error> #where_clause
         {
-            ::tiered::Runtime::current().invalidate(#site_call, &[#(#values),*]).await
+            #krate::Runtime::current().invalidate(#site_call, &[#(#values),*]).await
         }
 
         #[doc = #companion_all_doc]
-        #vis async fn #companion_all() -> ::core::result::Result<(), ::tiered::Error> {
-            ::tiered::Runtime::current().invalidate_site(#site_call).await
+        #vis async fn #companion_all() -> ::core::result::Result<(), #krate::Error> {
+            #krate::Runtime::current().invalidate_site(#site_call).await
         }
     }
 }
