@@ -37,10 +37,61 @@ pub(crate) fn tiered_cache(args: TokenStream, item: TokenStream) -> TokenStream 
         );
     }
     if let Some(errs) = errors.into_compile_errors() {
-        // The function unchanged, so that its callers do not cascade into further errors.
-        return quote!(#f #errs);
+        // The function unchanged, and its companions with bodies that never run, so that
+        // callers of either do not cascade into further errors.
+        let companions = stub_companions(&f, &opts, &shape, template.as_ref());
+        return quote!(#f #companions #errs);
     }
     generate(&f, &opts, &shape, template.as_ref())
+}
+
+/// `invalidate_<fn>` and `invalidate_all_<fn>` for a function whose attribute is wrong: the
+/// same signatures as far as they can be known (the arguments the key names, or every
+/// argument), and bodies that never run (the crate does not compile).
+fn stub_companions(
+    f: &ItemFn,
+    opts: &attr::Options,
+    shape: &Shape,
+    template: Option<&Template>,
+) -> TokenStream {
+    let name = &f.sig.ident;
+    let vis = &f.vis;
+    let companion = format_ident!("invalidate_{}", name);
+    let companion_all = format_ident!("invalidate_all_{}", name);
+    let krate: syn::Path = opts
+        .krate
+        .clone()
+        .unwrap_or_else(|| syn::parse_quote!(::tiered));
+    let named = |a: &signature::Arg| {
+        template.is_none_or(|t| t.placeholders.iter().any(|p| a.ident == p.root))
+    };
+    let args: Vec<_> = shape.args.iter().filter(|a| named(a)).collect();
+    let idents = args.iter().map(|a| &a.ident);
+    let params = args.iter().map(|a| {
+        let (ident, ty) = (&a.ident, &a.ty);
+        quote!(#ident: #ty)
+    });
+    let uses_self = template.is_some_and(|t| t.placeholders.iter().any(|p| p.root == "self"))
+        && shape.receiver.is_some();
+    let receiver = uses_self.then(|| quote!(&self,));
+    let unused = uses_self.then(|| quote!(let _ = self;));
+    quote! {
+        #[doc(hidden)]
+        #[allow(unused_variables, clippy::unused_async)]
+        #vis async fn #companion(#receiver #(#params),*)
+            -> ::core::result::Result<(), #krate::Error>
+        {
+            #unused
+            let _ = (#(&#idents,)*);
+            ::core::unreachable!("#[tiered_cache] reported an error for this function")
+        }
+
+        #[doc(hidden)]
+        #[allow(clippy::unused_async)]
+        #vis async fn #companion_all() -> ::core::result::Result<(), #krate::Error> {
+            ::core::unreachable!("#[tiered_cache] reported an error for this function")
+        }
+    }
 }
 
 fn check_placeholders(t: &Template, shape: &Shape, lit: &syn::LitStr, errors: &mut Errors) {
