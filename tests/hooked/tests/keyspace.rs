@@ -2,6 +2,7 @@
 //! probes) live where no rendered key lands, whatever the template and the values; functions
 //! that render the same key never share a flight; sharing a template is reported.
 
+#[path = "../../support/mod.rs"]
 mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};

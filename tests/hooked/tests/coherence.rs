@@ -3,6 +3,7 @@
 //! `redis-server` per test. Several "instances" are runtimes in this process (`scope`) and, where
 //! a test says so, child processes running this same test binary (see [`child`]).
 
+#[path = "../../support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;
