@@ -80,6 +80,8 @@ pub struct Hooks {
     pub reader: Gate,
     /// Before bytes judged not to be a current value are deleted from Redis.
     pub judged: Gate,
+    /// In a key invalidation, after the first local eviction and before the `DEL`.
+    pub invalidation: Gate,
     lost_publishes: AtomicUsize,
     panic_handler: AtomicBool,
 }

@@ -315,6 +315,8 @@ impl Runtime {
         let (Some(l2), Some(bus)) = (inner.l2.as_ref(), inner.bus.as_ref()) else {
             return Ok(());
         };
+        #[cfg(feature = "test-hooks")]
+        inner.local.hooks.invalidation.pass().await;
         // Keys carry no generation: this deletes the entry every instance reads, whatever
         // generations any of them knows.
         let del: &[&str] = if site.options().tiers.l2() {

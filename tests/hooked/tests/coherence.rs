@@ -322,8 +322,15 @@ async fn scenario_6_invalidation_during_compute_lease_alone_stops_the_fill() {
     );
 }
 
-/// Scenario 7: B's promotion is paused between the L2 reply and the L1 insert; A invalidates
-/// (DEL, then PUBLISH); B receives the message, resumes, and must not have stored the old value.
+/// Scenario 7, randomized: B reads a key from L2 and its promotion is paused between the L2
+/// reply and the L1 insert while the key is invalidated, in one of three ways chosen at random
+/// for each key (with random yields between the steps):
+/// 0. A invalidates (DEL, then PUBLISH), B receives the message, then resumes;
+/// 1. B itself invalidates the key during its paused promotion;
+/// 2. the evict → DEL → evict window of B's own invalidation: B's call starts after the first
+///    eviction and reads the old value before the `DEL`; the second eviction must catch it.
+///
+/// In every case B must not serve the value from before the invalidation afterwards.
 /// Promotion 1-in-1 (`item`) and 1-in-10 (`rare`).
 async fn scenario_7(rare_site: bool) {
     let redis = RedisServer::start();
@@ -334,31 +341,73 @@ async fn scenario_7(rare_site: bool) {
     let call = move |id: u64| fun.call(db, id);
     let invalidate = move |id: u64| fun.invalidate(id);
     let n = interleavings();
-    let mut reached = 0;
+    let seed = 0x9e37_79b9_7f4a_7c15 ^ n ^ u64::from(rare_site);
+    let mut rng = Rng(seed);
+    let mut paused = 0;
+    let mut windows = 0;
+    let mut variants = [0u64; 3];
     for id in 0..n {
         assert_eq!(bounded("warm A", a.scope(call(id))).await, 0);
+        let variant = rng.next(3);
+        variants[variant as usize] += 1;
+        if variant == 2 {
+            // B's own invalidation, held between its first eviction and the DEL.
+            b.hooks().invalidation.close();
+            let new = db.write(id);
+            let inv = tokio::spawn(b.scope(invalidate(id)));
+            windows += 1;
+            b.hooks().invalidation.wait_reached(windows).await;
+            yields(rng.next(5)).await;
+            assert_eq!(
+                bounded("B reads before the DEL", b.scope(call(id))).await,
+                0,
+                "id {id} (seed {seed:#x}): the DEL had not happened yet"
+            );
+            b.hooks().invalidation.open();
+            bounded("B's invalidation", inv)
+                .await
+                .expect("task")
+                .expect("invalidate");
+            assert_eq!(
+                bounded("B after", b.scope(call(id))).await,
+                new,
+                "id {id} (seed {seed:#x}): the second eviction missed a read of the window"
+            );
+            continue;
+        }
         b.hooks().promotion.close();
         let before = received(&b);
         let pending = tokio::spawn(b.scope(call(id)));
-        reached += 1;
-        b.hooks().promotion.wait_reached(reached).await;
+        paused += 1;
+        b.hooks().promotion.wait_reached(paused).await;
+        yields(rng.next(5)).await;
         let new = db.write(id);
-        bounded("invalidate", a.scope(invalidate(id)))
-            .await
-            .expect("invalidate");
-        wait_until("B received", || received(&b) > before).await;
+        if variant == 0 {
+            bounded("invalidate", a.scope(invalidate(id)))
+                .await
+                .expect("invalidate");
+            wait_until("B received", || received(&b) > before).await;
+        } else {
+            bounded("invalidate on B", b.scope(invalidate(id)))
+                .await
+                .expect("invalidate");
+        }
+        yields(rng.next(5)).await;
         b.hooks().promotion.open();
         assert_eq!(bounded("paused call", pending).await.expect("task"), 0);
         assert_eq!(
             bounded("B after", b.scope(call(id))).await,
             new,
-            "id {id}: B promoted the value from before the DEL"
+            "id {id} (variant {variant}, seed {seed:#x}): B promoted the value from before the DEL"
         );
     }
     let s = b.stats().total;
     println!(
-        "scenario 7 (promote 1-in-{}): {n} paused promotions, stale promotions 0, promotions refused {}",
+        "scenario 7 (promote 1-in-{}): {n} runs (remote {}, local {}, evict-DEL-evict window {}), stale values 0, fills refused {}",
         if rare_site { 10 } else { 1 },
+        variants[0],
+        variants[1],
+        variants[2],
         s.fills_refused
     );
 }
