@@ -200,7 +200,7 @@ fn generate(
             for a in &shape.args {
                 let ident = &a.ident;
                 let span = a.ty.span_of();
-                values.push(quote_spanned!(span=> #krate::private::default_key_arg(&#ident)));
+                values.push(quote_spanned!(span=> __tiered_default_key_arg(&#ident)));
                 suffix.push_str(&format!(":<{ident}>"));
             }
             let used = shape.args.iter().map(|a| a.ident.to_string()).collect();
@@ -277,12 +277,45 @@ fn generate(
 
     // Spanned at the return type, so that a value type that cannot be cached is reported
     // there rather than at the attribute.
+    // For the default key, a checker local to this function whose error names its arguments
+    // (a pool or a client passed as an argument is not `Display`: say how to leave it out).
+    let key_checker = (template.is_none() && !shape.args.is_empty()).then(|| {
+        let names = shape
+            .args
+            .iter()
+            .map(|a| format!("`{}`", a.ident))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let example = shape.args.last().map_or(String::new(), |a| a.ident.to_string());
+        let message = format!(
+            "`{{Self}}` cannot be part of the default key of `{name_str}`: it does not implement `Display` (or is not `Sync`)"
+        );
+        let note = format!(
+            "without `key = \"…\"` the key uses every argument ({names}); name the ones that identify the value, e.g. `#[tiered_cache(key = \"{name_str}:<{example}>\")]`"
+        );
+        quote! {
+            #[diagnostic::on_unimplemented(
+                message = #message,
+                label = "the default key uses this argument",
+                note = #note
+            )]
+            trait __TieredDefaultKeyArg: ::core::fmt::Display + ::core::marker::Sync {}
+            impl<T: ::core::fmt::Display + ::core::marker::Sync + ?Sized> __TieredDefaultKeyArg for T {}
+            fn __tiered_default_key_arg<T: __TieredDefaultKeyArg>(
+                v: &T,
+            ) -> &(dyn ::core::fmt::Display + ::core::marker::Sync) {
+                v
+            }
+        }
+    });
+
     let ret_span = shape.ret_span;
     // The user's block keeps its own spans. The "fake return" (never taken) fixes the async
     // block's output to the declared return type before the block is checked, so that a type
     // error inside the body points at the user's expression ("expected `u64`, found `&str`"),
     // as it would without the attribute; the trick is tracing-attributes'.
     let body = quote_spanned! {ret_span=>
+        #key_checker
         let __tiered_prepared = #krate::private::prepare_as(#kind, #site_call, &[#(#values),*]);
         __tiered_prepared
             .run(move || async move {
@@ -327,6 +360,7 @@ fn generate(
         #vis async fn #companion #generics (#companion_self #(#companion_args),*)
             -> ::core::result::Result<(), #krate::Error> #where_clause
         {
+            #key_checker
             #krate::Runtime::current().invalidate(#site_call, &[#(#values),*]).await
         }
 

@@ -225,22 +225,8 @@ pub fn declared_option<K: DeclaredOption>(kind: K) -> K {
 pub trait KeyArg: fmt::Display + Sync {}
 impl<T: fmt::Display + Sync + ?Sized> KeyArg for T {}
 
-/// An argument of the default key (no `key = "…"`): every argument is part of it.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be part of the default key: it does not implement `Display` (or is not `Sync`)",
-    label = "without `key = \"…\"`, the key uses every argument, this one too",
-    note = "choose the arguments that identify the value with `key`, e.g. `#[tiered_cache(key = \"user:<id>\")]`: the others (a pool, a client) are left out of the key"
-)]
-pub trait DefaultKeyArg: fmt::Display + Sync {}
-impl<T: fmt::Display + Sync + ?Sized> DefaultKeyArg for T {}
-
 /// A value the key template names, as the key takes it.
 pub fn key_arg<T: KeyArg>(v: &T) -> &(dyn fmt::Display + Sync) {
-    v
-}
-
-/// An argument of the default key, as the key takes it.
-pub fn default_key_arg<T: DefaultKeyArg>(v: &T) -> &(dyn fmt::Display + Sync) {
     v
 }
 
