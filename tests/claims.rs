@@ -156,3 +156,41 @@ async fn build_against_a_silent_redis_is_bounded_by_connect_timeout() {
     assert!(took < Duration::from_secs(2), "build took {took:?}");
     println!("build against a silent Redis took {took:?} (connect_timeout {timeout:?})");
 }
+
+#[tiered_cache(key = "rt:<id>", ttl = "60s", promote = 1)]
+async fn round_trips(id: u64) -> u64 {
+    id
+}
+
+/// "A miss is at most two round trips, an L2 hit one", counted as round trips: the proxy
+/// counts the requests that name the key (a client sends its next request only after the
+/// reply), for a function's first call (its generations unknown), a later miss, the first
+/// miss after an L1 flush (generations forgotten) and an L2 hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_is_at_most_two_round_trips_and_an_l2_hit_one() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let a = support::runtime(&proxy.url(), "rt").await;
+    let b = support::runtime(&redis.url(), "rt").await;
+    let mut seen = Vec::new();
+    for (case, id) in [
+        ("first call", 1u64),
+        ("a later miss", 2),
+        ("after a flush", 3),
+    ] {
+        if case == "after a flush" {
+            a.flush_l1();
+        }
+        proxy.count_requests_with(format!("rt:rt:<{id}>").as_bytes());
+        assert_eq!(a.scope(round_trips(id)).await, id);
+        let n = proxy.requests();
+        assert!(n <= 2, "{case}: {n} round trips");
+        seen.push((case, n));
+    }
+    // An L2 hit: B filled the key, A reads it.
+    assert_eq!(b.scope(round_trips(4)).await, 4);
+    proxy.count_requests_with(b"rt:rt:<4>");
+    assert_eq!(a.scope(round_trips(4)).await, 4);
+    assert_eq!(proxy.requests(), 1, "an L2 hit is one round trip");
+    println!("round trips per miss: {seen:?}; L2 hit: 1");
+}

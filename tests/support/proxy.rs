@@ -61,6 +61,10 @@ struct Shared {
     cut: watch::Sender<u64>,
     live: AtomicUsize,
     accepted: AtomicUsize,
+    /// Bytes to look for in what clients send ([`Proxy::count_requests_with`]).
+    marker: std::sync::Mutex<Option<Vec<u8>>>,
+    /// Client → server chunks that contained the marker.
+    marked: AtomicUsize,
 }
 
 /// Counts one live connection for as long as it exists, however its task ends (even aborted).
@@ -91,6 +95,8 @@ impl Proxy {
             cut: watch::Sender::new(0),
             live: AtomicUsize::new(0),
             accepted: AtomicUsize::new(0),
+            marker: std::sync::Mutex::new(None),
+            marked: AtomicUsize::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, upstream, Arc::clone(&shared)));
         Proxy {
@@ -124,6 +130,19 @@ impl Proxy {
     /// Connections currently open through the proxy.
     pub fn live(&self) -> usize {
         self.shared.live.load(Ordering::SeqCst)
+    }
+
+    /// From now on, counts what clients send that contains `marker` (e.g. a key): each such
+    /// chunk is one request (a command or a pipeline) that names it, i.e. one round trip, since
+    /// a client waits for the reply before it sends the next one. Resets the count.
+    pub fn count_requests_with(&self, marker: &[u8]) {
+        *self.shared.marker.lock().unwrap_or_else(|p| p.into_inner()) = Some(marker.to_vec());
+        self.shared.marked.store(0, Ordering::SeqCst);
+    }
+
+    /// Requests counted since [`count_requests_with`](Self::count_requests_with).
+    pub fn requests(&self) -> usize {
+        self.shared.marked.load(Ordering::SeqCst)
     }
 
     /// Connections accepted so far, including those reset at once in [`Mode::Refuse`].
@@ -167,7 +186,7 @@ async fn serve(
     upstream: SocketAddr,
     mode: watch::Receiver<Mode>,
     mut cut: watch::Receiver<u64>,
-    _live: Live,
+    live: Live,
 ) {
     let connect = tokio::select! {
         biased;
@@ -191,8 +210,14 @@ async fn serve(
         let (server_read, server_write) = server.split();
         let both = async {
             tokio::try_join!(
-                pump(client_read, server_write, mode.clone(), false),
-                pump(server_read, client_write, mode, true),
+                pump(
+                    client_read,
+                    server_write,
+                    mode.clone(),
+                    false,
+                    Some(&live.0)
+                ),
+                pump(server_read, client_write, mode, true, None),
             )
         };
         tokio::select! {
@@ -215,6 +240,7 @@ async fn pump<R, W>(
     mut to: W,
     mut mode: watch::Receiver<Mode>,
     replies: bool,
+    requests: Option<&Shared>,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -231,6 +257,14 @@ where
         }
         if replies && *mode.borrow() == Mode::Withhold {
             continue;
+        }
+        if let Some(shared) = requests {
+            let marker = shared.marker.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(m) = marker.as_deref()
+                && buf[..n].windows(m.len().max(1)).any(|w| w == m)
+            {
+                shared.marked.fetch_add(1, Ordering::SeqCst);
+            }
         }
         to.write_all(&buf[..n]).await?;
     }
