@@ -36,6 +36,15 @@ pub(crate) struct Options {
     pub(crate) krate: Option<syn::Path>,
 }
 
+impl Options {
+    /// `::tiered`, or the path given with `crate = "…"` (a renamed dependency).
+    pub(crate) fn krate(&self) -> syn::Path {
+        self.krate
+            .clone()
+            .unwrap_or_else(|| syn::parse_quote!(::tiered))
+    }
+}
+
 const KNOWN: &str = "`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`, `returns`, `crate`";
 const STRATEGIES: &[(&str, u64)] = &[
     ("RealTime", 10_000),

@@ -58,10 +58,7 @@ fn stub_companions(
     let vis = &f.vis;
     let companion = format_ident!("invalidate_{}", name);
     let companion_all = format_ident!("invalidate_all_{}", name);
-    let krate: syn::Path = opts
-        .krate
-        .clone()
-        .unwrap_or_else(|| syn::parse_quote!(::tiered));
+    let krate = opts.krate();
     let named = |a: &signature::Arg| {
         template.is_none_or(|t| t.placeholders.iter().any(|p| a.ident == p.root))
     };
@@ -145,11 +142,7 @@ fn generate(
         sig,
         block,
     } = f;
-    // `::tiered`, or the path given with `crate = "…"` (a renamed dependency).
-    let krate: syn::Path = opts
-        .krate
-        .clone()
-        .unwrap_or_else(|| syn::parse_quote!(::tiered));
+    let krate = opts.krate();
     let name = &sig.ident;
     let name_str = name.to_string();
     let site_fn = format_ident!("__tiered_site_{}", name);
