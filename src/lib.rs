@@ -23,8 +23,29 @@
 //! ```
 //!
 //! The attribute's options (`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`,
-//! `returns`), the return kinds and the failure semantics are described in the README and in
-//! [`tiered_runtime`]'s crate docs.
+//! `returns`, `crate`), the return kinds and the failure semantics are described in the README
+//! and in [`tiered_runtime`]'s crate docs; methods are memoized in an `impl` block that carries
+//! `#[tiered_cache]` too:
+//!
+//! ```
+//! use tiered::tiered_cache;
+//!
+//! pub struct Users;
+//!
+//! #[tiered_cache]
+//! impl Users {
+//!     #[tiered_cache(key = "user:<id>")]
+//!     pub async fn get(&self, id: u64) -> Result<String, String> {
+//!         Ok(format!("user {id}")) // the slow query
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! assert_eq!(Users.get(1).await, Ok("user 1".to_owned()));
+//! Users::invalidate_get(1).await.expect("embedded: always Ok");
+//! # }
+//! ```
 #![deny(missing_docs)]
 
 pub use tiered_runtime::*;

@@ -8,8 +8,8 @@
 //!
 //! The payload is MessagePack with field names (`rmp_serde::to_vec_named`), so reordering
 //! fields of a struct never decodes into swapped values. The fingerprint is the first 16 bytes
-//! of SHA-256 over the value's type name and the site's `version`: entries written for another
-//! type or schema version are misses. The two generations are the ones the writer read under
+//! of SHA-256 over the site's schema (the return type as written, for the macro) and its
+//! `version`: entries written for another type or schema version are misses. The two generations are the ones the writer read under
 //! (see the `coherence` module): an entry stamped with an older generation than the current one
 //! is a miss. Decoding checks, in this order, the size bound, the magic, the wire version, the
 //! kind, the fingerprint, the payload, and that the payload was consumed to its last byte. Any
@@ -90,11 +90,12 @@ pub enum DecodeError {
     Trailing(usize),
 }
 
-/// Schema fingerprint of a value type: SHA-256 over its type name and `version`, 16 bytes.
-pub fn fingerprint(type_name: &str, version: u32) -> [u8; 16] {
+/// Schema fingerprint: SHA-256 over a schema text (the value type as written, or a site's
+/// name) and `version`, 16 bytes.
+pub fn fingerprint(schema: &str, version: u32) -> [u8; 16] {
     let mut h = Sha256::new();
     h.update(b"tiered-schema\0");
-    h.update(type_name.as_bytes());
+    h.update(schema.as_bytes());
     h.update(b"\0");
     h.update(version.to_le_bytes());
     let d = h.finalize();
