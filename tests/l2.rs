@@ -790,3 +790,35 @@ async fn frozen_redis_is_time_boxed_and_the_breaker_opens_then_closes() {
         calls.get() - before
     );
 }
+
+/// Reads survive refused writes: under `maxmemory` with `noeviction`, the read that takes the
+/// lease (`SET … NX GET`, a write) is refused even for a key that holds a value; the runtime
+/// then reads with a plain `GET`, so L2 hits keep being served, and misses compute without
+/// filling. Nobody gets an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l2_hits_are_served_while_redis_refuses_writes() {
+    let redis = RedisServer::start();
+    let a = runtime(&redis, 1).await;
+    let b = runtime(&redis, 1).await;
+    let calls = Calls::default();
+    for id in 1..=3 {
+        a.scope(get_user(id, &calls)).await;
+    }
+    assert_eq!(calls.get(), 3);
+    redis.cmd::<()>(&[b"CONFIG", b"SET", b"maxmemory-policy", b"noeviction"]);
+    redis.cmd::<()>(&[b"CONFIG", b"SET", b"maxmemory", b"1"]);
+    for id in 1..=3 {
+        assert_eq!(b.scope(get_user(id, &calls)).await.id, id);
+    }
+    let s = b.stats().total;
+    assert_eq!(
+        (s.l2_hits, s.computations),
+        (3, 0),
+        "hits served from L2 under OOM"
+    );
+    assert!(s.l2_reads_without_lease >= 3, "{s:?}");
+    // A miss: computed, not filled, no error.
+    assert_eq!(b.scope(get_user(9, &calls)).await.id, 9);
+    assert_eq!(b.stats().total.l2_writes, 0);
+    redis.cmd::<()>(&[b"CONFIG", b"SET", b"maxmemory", b"0"]);
+}

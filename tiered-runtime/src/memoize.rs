@@ -529,7 +529,12 @@ impl Runtime {
                 (Err(_), None) => Stamp::default(),
             };
             let Some(bytes) = reply.value else {
-                return L2Read::Leased(lease, current);
+                if reply.leased {
+                    return L2Read::Leased(lease, current);
+                }
+                // Read without a lease (Redis refuses writes): compute, and fill nothing.
+                lease.disarm();
+                return L2Read::Compute;
             };
             // The key held something, so our `SET NX` wrote nothing.
             lease.disarm();

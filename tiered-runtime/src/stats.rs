@@ -62,6 +62,9 @@ counters! {
     l2_timeouts,
     /// L2 operations skipped because Redis was not connected or the breaker was open.
     l2_skips,
+    /// L2 reads made with a plain `GET`, without taking the fill lease, because Redis refused
+    /// writes (`OOM` under `noeviction`, `READONLY`): hits are served, misses not filled.
+    l2_reads_without_lease,
     /// Bytes in L2 that were not a value of ours (corrupt, foreign, wrong schema, oversized).
     decode_failures,
     /// L2 entries written before a group invalidation (an older generation), read as misses.

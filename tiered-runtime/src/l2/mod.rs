@@ -49,12 +49,40 @@ impl L2Error {
     }
 }
 
+/// The server error codes an error carries: its own, or those of the commands of a pipeline
+/// that failed (redis-rs reports a pipeline's server errors together).
+fn codes(e: &redis::RedisError) -> Vec<String> {
+    match e.code() {
+        Some(code) => vec![code.to_owned()],
+        None => e
+            .clone()
+            .into_server_errors()
+            .map(|errors| {
+                errors
+                    .iter()
+                    .map(|(_, err)| err.code().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
 /// A redis error without anything that could carry a password.
 pub(crate) fn describe(e: &redis::RedisError) -> String {
     match (e.code(), e.detail()) {
         (Some(code), Some(detail)) => format!("{code} {detail}"),
         (Some(code), None) => code.to_owned(),
-        _ => format!("{:?}", e.kind()),
+        _ => match e.clone().into_server_errors() {
+            Some(errors) if !errors.is_empty() => errors
+                .iter()
+                .map(|(_, err)| match err.details() {
+                    Some(detail) => format!("{} {detail}", err.code()),
+                    None => err.code().to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            _ => format!("{:?}", e.kind()),
+        },
     }
 }
 
@@ -72,7 +100,7 @@ fn is_noperm(e: &redis::RedisError) -> bool {
     matches!(
         e.kind(),
         redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
-    ) || e.code() == Some("NOPERM")
+    ) || codes(e).iter().any(|c| c == "NOPERM")
 }
 
 pub(crate) fn is_auth(e: &redis::RedisError) -> bool {
@@ -80,14 +108,25 @@ pub(crate) fn is_auth(e: &redis::RedisError) -> bool {
         e.kind(),
         redis::ErrorKind::AuthenticationFailed
             | redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
-    ) || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
+    ) || codes(e)
+        .iter()
+        .any(|c| matches!(c.as_str(), "WRONGPASS" | "NOAUTH" | "NOPERM"))
+}
+
+/// A command refused because Redis takes no writes now (`OOM`, `READONLY`): the link is fine,
+/// and reads still work.
+fn is_write_refused(e: &redis::RedisError) -> bool {
+    codes(e)
+        .iter()
+        .any(|c| matches!(c.as_str(), "OOM" | "READONLY"))
 }
 
 /// What the first round trip of a flight found (see [`L2::read`]).
 pub(crate) struct ReadReply {
-    /// The bytes under the key before our `SET NX` (`None`: the key was empty and the lease
-    /// is now ours).
+    /// The bytes under the key before our `SET NX` (`None`: the key was empty).
     pub(crate) value: Option<Vec<u8>>,
+    /// The key was empty and the lease is now ours (`false` for a read without lease).
+    pub(crate) leased: bool,
     /// Remaining TTL of the key in ms (`-1` no expiry, `-2` missing).
     pub(crate) pttl: i64,
     /// The current generations, when they were asked for.
@@ -126,7 +165,14 @@ pub(crate) struct L2 {
     breaker: Arc<Breaker>,
     timeout: Duration,
     last_server_warn: Mutex<Option<Instant>>,
+    /// Until then, Redis is taken to refuse writes (`OOM` under `noeviction`, `READONLY` on a
+    /// replica): reads skip the lease and use a plain `GET`.
+    writes_refused_until: Mutex<Option<Instant>>,
+    stats: Arc<SiteTable>,
 }
+
+/// How long reads stay read-only after Redis refused a write, before the lease is tried again.
+const WRITES_REFUSED_FOR: Duration = Duration::from_secs(1);
 
 impl L2 {
     /// Connects (bounded by `connect_timeout`) and starts the connection supervisor.
@@ -142,12 +188,14 @@ impl L2 {
             target.addr.clone(),
             stats.clone(),
         ));
-        let single = Single::start(target, config, breaker.clone(), stats).await?;
+        let single = Single::start(target, config, breaker.clone(), stats.clone()).await?;
         Ok(L2 {
             backend: Backend::Single(single),
             breaker,
             timeout: config.l2_timeout,
             last_server_warn: Mutex::new(None),
+            writes_refused_until: Mutex::new(None),
+            stats,
         })
     }
 
@@ -165,6 +213,11 @@ impl L2 {
     /// value if there is one, else the lease is ours), `PTTL key`, and, when `generations` names
     /// the generations hash and a function, `HMGET` of the namespace's and the function's
     /// generations. One command for the value; every command touches one key.
+    ///
+    /// When Redis refuses writes (`OOM` under `noeviction`, `READONLY`), the `SET` is refused
+    /// even for a key that holds a value: the read is then repeated as a plain `GET` (no lease,
+    /// so a miss computes without filling), and later reads use that form directly for
+    /// [`WRITES_REFUSED_FOR`] before the lease is tried again. L2 hits keep being served.
     pub(crate) async fn read(
         &self,
         key: &str,
@@ -172,19 +225,70 @@ impl L2 {
         lease_ttl: Duration,
         generations: Option<(&str, &str)>,
     ) -> Result<ReadReply, L2Error> {
+        if self.writes_refused() {
+            return self.read_only(key, generations).await;
+        }
+        match self
+            .read_with(key, Some((lease, lease_ttl)), generations)
+            .await
+        {
+            Err(L2Error::Failed(e)) if is_write_refused(&e) => {
+                *self
+                    .writes_refused_until
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + WRITES_REFUSED_FOR);
+                self.read_only(key, generations).await
+            }
+            other => other,
+        }
+    }
+
+    fn writes_refused(&self) -> bool {
+        self.writes_refused_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    async fn read_only(
+        &self,
+        key: &str,
+        generations: Option<(&str, &str)>,
+    ) -> Result<ReadReply, L2Error> {
+        Counters::bump(&self.stats.runtime().l2_reads_without_lease);
+        self.read_with(key, None, generations).await
+    }
+
+    /// `SET key LEASE NX GET PX` (with a lease) or `GET key` (without), then `PTTL` and the
+    /// optional `HMGET`.
+    async fn read_with(
+        &self,
+        key: &str,
+        lease: Option<(&[u8], Duration)>,
+        generations: Option<(&str, &str)>,
+    ) -> Result<ReadReply, L2Error> {
         let mut p = redis::pipe();
-        p.cmd("SET")
-            .arg(key)
-            .arg(lease)
-            .arg("NX")
-            .arg("GET")
-            .arg("PX")
-            .arg(millis(lease_ttl));
+        match lease {
+            Some((lease, lease_ttl)) => {
+                p.cmd("SET")
+                    .arg(key)
+                    .arg(lease)
+                    .arg("NX")
+                    .arg("GET")
+                    .arg("PX")
+                    .arg(millis(lease_ttl));
+            }
+            None => {
+                p.cmd("GET").arg(key);
+            }
+        }
+        let leased = lease.is_some();
         p.cmd("PTTL").arg(key);
         match generations {
             None => {
                 let (value, pttl): (Option<Vec<u8>>, i64) = self.exec(&p).await?;
                 Ok(ReadReply {
+                    leased: leased && value.is_none(),
                     value,
                     pttl,
                     generations: None,
@@ -197,6 +301,7 @@ impl L2 {
                     .arg(site);
                 let (value, pttl, (namespace, site)): ReadWithGenerations = self.exec(&p).await?;
                 Ok(ReadReply {
+                    leased: leased && value.is_none(),
                     value,
                     pttl,
                     generations: Some(crate::codec::Stamp {
