@@ -29,9 +29,7 @@ async fn boom(id: u64) -> u64 {
 }
 
 fn lease() -> Vec<u8> {
-    let mut lease = b"tR\x01\x01".to_vec();
-    lease.extend_from_slice(&[7; 16]);
-    lease
+    support::lease_bytes(7)
 }
 
 /// "Nobody waits on a lease while the circuit breaker is open."

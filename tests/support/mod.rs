@@ -37,6 +37,19 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) -> Duration 
     start.elapsed()
 }
 
+/// A fill lease as the runtime writes it (the wire-1 lease envelope), with a 16-byte token of
+/// `token` bytes: what a holder that died or lost its reply leaves under a key.
+pub fn lease_bytes(token: u8) -> Vec<u8> {
+    let mut lease = b"tR\x01\x01".to_vec();
+    lease.extend_from_slice(&[token; 16]);
+    lease
+}
+
+/// Whether `bytes` are a fill lease (of any holder).
+pub fn is_lease(bytes: &[u8]) -> bool {
+    bytes.starts_with(b"tR\x01\x01") && bytes.len() == 20
+}
+
 /// A runtime on `url` in namespace `ns` (connect timeout 500 ms), built within [`BOUND`].
 pub async fn runtime(url: &str, ns: &str) -> tiered::Runtime {
     bounded(

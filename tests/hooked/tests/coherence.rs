@@ -804,8 +804,7 @@ async fn a_lease_outlived_by_its_holder_costs_at_most_lease_wait() {
     let stuck = Db::leak();
     let db = Db::leak();
     // A lease left by a process that died: written directly, as the holder would have.
-    let mut lease = b"tR\x01\x01".to_vec();
-    lease.extend_from_slice(&[9; 16]);
+    let lease = support::lease_bytes(9);
     redis.cmd::<()>(&[b"SET", b"c:item:<1>", &lease, b"PX", b"10000"]);
     let start = Instant::now();
     assert_eq!(waiter.scope(item(db, 1)).await, 0);
@@ -824,7 +823,7 @@ async fn a_lease_outlived_by_its_holder_costs_at_most_lease_wait() {
     let task = tokio::spawn(holder.scope(item(stuck, 2)));
     stuck.gate.wait_reached(1).await;
     let held = redis.get("c:item:<2>").expect("the holder's lease");
-    assert!(held.starts_with(b"tR\x01\x01"));
+    assert!(support::is_lease(&held));
     task.abort();
     wait_until("lease released", || redis.get("c:item:<2>").is_none()).await;
     assert_eq!(waiter.scope(item(db, 2)).await, 0);
@@ -1156,7 +1155,7 @@ async fn a_lease_holder_killed_mid_computation_costs_at_most_lease_wait() {
     let mut holder = child::Proc::spawn(&redis.url()).await;
     assert_eq!(holder.ask("hang 5").await, "parked");
     let lease = redis.get("c:item:<5>").expect("the child's lease");
-    assert!(lease.starts_with(b"tR\x01\x01"), "a lease envelope");
+    assert!(support::is_lease(&lease), "a lease envelope");
     holder.kill().await;
     let waiter = with_lease_wait(&redis.url(), 400).await;
     let db = Db::leak();
@@ -1235,8 +1234,7 @@ async fn an_l2_failure_ends_a_lease_wait() {
     )
     .await
     .expect("runtime");
-    let mut lease = b"tR\x01\x01".to_vec();
-    lease.extend_from_slice(&[3; 16]);
+    let lease = support::lease_bytes(3);
     redis.cmd::<()>(&[b"SET", b"c:item:<9>", &lease, b"PX", b"8000"]);
     let db = Db::leak();
     let call = tokio::spawn(waiter.scope(item(db, 9)));

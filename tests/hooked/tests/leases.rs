@@ -25,10 +25,6 @@ async fn runtime(url: &str) -> Runtime {
     support::runtime(url, "lz").await
 }
 
-fn is_lease(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"tR\x01\x01") && bytes.len() == 20
-}
-
 /// What another instance finds after A's lease was (or was not) released: B builds, reads
 /// the key, and must neither wait on a lease nor find one in Redis afterwards.
 async fn b_reads_without_waiting(redis: &RedisServer, id: u64) {
@@ -42,7 +38,7 @@ async fn b_reads_without_waiting(redis: &RedisServer, id: u64) {
     let stored = redis
         .get(&format!("lz:cold:<{id}>"))
         .expect("B filled the key");
-    assert!(!is_lease(&stored), "a lease was left in Redis");
+    assert!(!support::is_lease(&stored), "a lease was left in Redis");
 }
 
 /// A Redis stall during a cold read (`CLIENT PAUSE … WRITE`, as during a failover): A's read
@@ -117,8 +113,7 @@ async fn a_lease_whose_reply_was_lost_with_the_connection_is_released() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_shaped_bytes_that_cannot_be_ours_are_foreign() {
     let redis = RedisServer::start();
-    let mut fake = b"tR\x01\x01".to_vec();
-    fake.extend_from_slice(&[5; 16]);
+    let fake = support::lease_bytes(5);
     redis.set("lz:cold:<3>", &fake);
     redis.cmd::<()>(&[b"SET", b"lz:cold:<4>", &fake, b"PX", b"3600000"]);
     let a = runtime(&redis.url()).await;
@@ -131,7 +126,7 @@ async fn lease_shaped_bytes_that_cannot_be_ours_are_foreign() {
         );
         let stored = redis.get(&format!("lz:cold:<{id}>")).expect("filled");
         assert!(
-            !is_lease(&stored),
+            !support::is_lease(&stored),
             "the fake lease was replaced by the value"
         );
     }
