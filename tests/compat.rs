@@ -1,6 +1,6 @@
-//! Rolling deploys: two wire versions side by side in one Redis. This build (envelope wire 2,
-//! bus 2) next to a writer of wire 1 (the previous envelope) and a writer of wire 3 (a future
-//! one), in the roles they play during a deploy: nobody deletes the other's values in a loop,
+//! Rolling deploys: two wire versions side by side in one Redis. This build (envelope wire 3,
+//! bus 2) next to writers of wire 1 and 2 (the previous envelopes) and a writer of wire 4 (a
+//! future one), in the roles they play during a deploy: nobody deletes the other's values in a loop,
 //! and nobody misses the other's invalidations.
 
 mod support;
@@ -20,23 +20,19 @@ fn fingerprint() -> [u8; 16] {
     codec::fingerprint("u64", 0)
 }
 
-/// `value` in the envelope of another wire version (1: no generations; 3: a future layout
-/// this build cannot know).
+/// `value` in the envelope of another wire version (1: no generations; 2: generations, no
+/// expiry; 4: a future layout this build cannot know).
 fn envelope(version: u8, value: u64) -> Vec<u8> {
-    let v2 = codec::encode(&fingerprint(), Stamp::default(), &value).expect("encode");
-    match version {
-        1 => {
-            let mut v1 = v2[..20].to_vec();
-            v1[2] = 1;
-            v1.extend_from_slice(&v2[codec::HEADER_LEN..]);
-            v1
-        }
-        v => {
-            let mut other = v2.clone();
-            other[2] = v;
-            other
-        }
-    }
+    let v3 = codec::encode(&fingerprint(), Stamp::default(), &value).expect("encode");
+    let header = match version {
+        1 => 20,
+        2 => 36,
+        _ => codec::HEADER_LEN,
+    };
+    let mut other = v3[..header].to_vec();
+    other[2] = version;
+    other.extend_from_slice(&v3[codec::HEADER_LEN..]);
+    other
 }
 
 async fn runtime(url: &str) -> Runtime {
@@ -45,16 +41,18 @@ async fn runtime(url: &str) -> Runtime {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_wire_versions_side_by_side_neither_deletes_the_others_values() {
-    assert_eq!(WIRE_VERSION, 2);
+    assert_eq!(WIRE_VERSION, 3);
     let redis = RedisServer::start();
     let rt = runtime(&redis.url()).await;
-    // An older writer's value: read as a value (written under generation 0).
+    // Older writers' values: read as values (wire 1: written under generation 0).
     redis.set("cp:w:<1>", &envelope(1, 41));
     assert_eq!(rt.scope(w(1)).await, 41, "a wire-1 value is a hit");
+    redis.set("cp:w:<3>", &envelope(2, 43));
+    assert_eq!(rt.scope(w(3)).await, 43, "a wire-2 value is a hit");
     assert_eq!(rt.stats().total.computations, 0);
     // A newer writer's value: a miss for this build, never deleted nor overwritten, however
     // often it is read.
-    let newer = envelope(3, 42);
+    let newer = envelope(4, 42);
     redis.set("cp:w:<2>", &newer);
     for _ in 0..3 {
         rt.flush_l1();

@@ -5,8 +5,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use support::{Calls, RedisServer, bounded};
-use tiered::{Error, Plain, Runtime, Site, SiteOptions, Tiers, codec, memoize};
+use support::{Calls, RedisServer, bounded, wait_until};
+use tiered::{Error, LeaseRead, Plain, Runtime, Site, SiteOptions, Tiers, codec, memoize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct User {
@@ -81,10 +81,11 @@ async fn miss_is_two_round_trips_and_l2_hit_is_one() {
         )
     };
     let miss = counts(&redis);
-    // Round trip 1: pipelined `SET key LEASE NX GET` (the value, or the fill lease) + PTTL,
-    // plus (first read of the function in this runtime) HMGET of the generations. Round trip
-    // 2: the fill script (EVAL), whose own GET (lease check) and SET are counted by Redis too.
-    assert_eq!(miss, (1, 1, 2, 1, 1), "a miss: two round trips");
+    // Round trip 1: `SET key LEASE NX GET` (the value, or the fill lease), plus (first read of
+    // the function in this runtime) HMGET of the generations. Round trip 2: the fill script
+    // (EVAL), whose own GET (lease check) and SET are counted by Redis too. No PTTL: a value
+    // carries its expiry.
+    assert_eq!(miss, (1, 0, 2, 1, 1), "a miss: two round trips");
     redis.reset_stats();
     assert_eq!(
         b.scope(get_user(2, &calls)).await,
@@ -96,8 +97,8 @@ async fn miss_is_two_round_trips_and_l2_hit_is_one() {
     let first_hit = counts(&redis);
     assert_eq!(
         first_hit,
-        (0, 1, 1, 0, 1),
-        "B's first L2 hit: SET NX GET (a no-op on an existing key) + PTTL + the generations, one round trip"
+        (0, 0, 1, 0, 1),
+        "B's first L2 hit: SET NX GET (a no-op on an existing key) + the generations, one round trip"
     );
     a.scope(get_user(3, &calls)).await;
     redis.reset_stats();
@@ -105,8 +106,8 @@ async fn miss_is_two_round_trips_and_l2_hit_is_one() {
     let hit = counts(&redis);
     assert_eq!(
         hit,
-        (0, 1, 1, 0, 0),
-        "a subscribed instance's L2 hit: one command for the value (+ PTTL), nothing else"
+        (0, 0, 1, 0, 0),
+        "a subscribed instance's L2 hit: one command, nothing else"
     );
     assert_eq!(calls.get(), 2, "B got A's values without running the body");
     assert_eq!(b.stats().total.l2_hits, 2);
@@ -150,8 +151,10 @@ async fn promotion_with_n_10_promotes_about_one_in_ten() {
     let fp = codec::fingerprint(TENTH.name(), 0);
     let mut conn = redis.conn();
     let mut pipe = redis::pipe();
+    let expires = unix_ms() + 600_000;
     for id in 0..10_000u64 {
-        let bytes = codec::encode(&fp, codec::Stamp::default(), &id).expect("encode");
+        let bytes =
+            codec::encode_until(&fp, codec::Stamp::default(), expires, &id).expect("encode");
         pipe.cmd("SET")
             .arg(format!("t:tenth:<{id}>"))
             .arg(bytes)
@@ -192,11 +195,21 @@ static LONG_TTL: Site = Site::new(
     },
 );
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The remaining lifetime comes from the envelope (the writer records when its `PX` runs
+/// out), so an L2 hit needs no `PTTL`.
 #[tokio::test]
 async fn promoted_ttl_never_outlives_the_remaining_l2_ttl() {
     let redis = RedisServer::start();
     let fp = codec::fingerprint(LONG_TTL.name(), 0);
-    let bytes = codec::encode(&fp, codec::Stamp::default(), &41u64).expect("encode");
+    let bytes =
+        codec::encode_until(&fp, codec::Stamp::default(), unix_ms() + 400, &41u64).expect("encode");
     redis::cmd("SET")
         .arg("t:long:<1>")
         .arg(bytes)
@@ -234,6 +247,24 @@ async fn promoted_ttl_never_outlives_the_remaining_l2_ttl() {
         "the L1 copy expired with the L2 entry, not after the site's 1 h TTL"
     );
     assert_eq!(calls.get(), 1);
+}
+
+/// A value whose writer recorded no expiry (wire 1 and 2 wrote none) is served from L2 but
+/// never promoted: its L1 copy could outlive the L2 entry.
+#[tokio::test]
+async fn values_without_a_recorded_expiry_are_not_promoted() {
+    let redis = RedisServer::start();
+    let fp = codec::fingerprint(LONG_TTL.name(), 0);
+    let bytes = codec::encode(&fp, codec::Stamp::default(), &41u64).expect("encode");
+    redis.set("t:long:<2>", &bytes);
+    let rt = runtime(&redis, 1).await;
+    for _ in 0..3 {
+        let call =
+            async { memoize::<Plain<u64>, _, _>(&LONG_TTL, &[&2u64], || async { 42 }).await };
+        assert_eq!(rt.scope(call).await, 41);
+    }
+    let s = rt.stats().total;
+    assert_eq!((s.l2_hits, s.promotions, s.computations), (3, 0, 0));
 }
 
 #[tokio::test]
@@ -820,5 +851,95 @@ async fn l2_hits_are_served_while_redis_refuses_writes() {
     // A miss: computed, not filled, no error.
     assert_eq!(b.scope(get_user(9, &calls)).await.id, 9);
     assert_eq!(b.stats().total.l2_writes, 0);
+    // Key invalidations still reach the other instances (DEL and PUBLISH are not refused):
+    // B holds user 1 in L1 (promoted), A invalidates it, B evicts and recomputes.
+    let runs = calls.get();
+    assert_eq!(b.scope(get_user(1, &calls)).await.id, 1);
+    assert_eq!(calls.get(), runs, "B answers user 1 from L1");
+    let received = b.stats().total.invalidations_received;
+    a.invalidate(&USER, &[&1u64])
+        .await
+        .expect("an invalidation under OOM succeeds");
+    wait_until("B received the invalidation", || {
+        b.stats().total.invalidations_received > received
+    })
+    .await;
+    assert_eq!(b.scope(get_user(1, &calls)).await.id, 1);
+    assert_eq!(calls.get(), runs + 1, "B's L1 copy was evicted: recomputed");
+    assert_eq!(
+        redis.get("t:user:<1>"),
+        None,
+        "deleted in Redis, not refilled"
+    );
     redis.cmd::<()>(&[b"CONFIG", b"SET", b"maxmemory", b"0"]);
+}
+
+/// The lease read for servers older than 7.0 (`GET` + `SET NX PX` pipelined), forced here
+/// (`LeaseRead::Auto` picks it from `INFO server` below 7.0): an L2 hit is still one round
+/// trip, a miss two, and the lease still makes one instance compute while the other waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_lease_read_for_servers_before_7() {
+    let redis = RedisServer::start();
+    let build = || {
+        Runtime::builder()
+            .namespace("t")
+            .redis_url(redis.url())
+            .promotion_frequency(1)
+            .lease_read(LeaseRead::Pipelined)
+            .build()
+    };
+    let a = build().await.expect("runtime");
+    let b = build().await.expect("runtime");
+    let calls = Calls::default();
+    let counts = |r: &RedisServer| {
+        (
+            r.calls("get"),
+            r.calls("set"),
+            r.calls("exec"),
+            r.calls("pttl"),
+            r.calls("eval"),
+        )
+    };
+    a.scope(get_user(1, &calls)).await; // the generations are read once per runtime
+    b.scope(get_user(1, &calls)).await;
+    redis.reset_stats();
+    a.scope(get_user(2, &calls)).await;
+    // MULTI, GET, SET NX, EXEC (round trip 1); the fill script's GET and SET (round trip 2).
+    assert_eq!(counts(&redis), (2, 2, 1, 0, 1), "a miss");
+    redis.reset_stats();
+    b.scope(get_user(2, &calls)).await;
+    assert_eq!(
+        counts(&redis),
+        (1, 1, 1, 0, 0),
+        "an L2 hit: GET + a no-op SET NX"
+    );
+    assert_eq!(calls.get(), 2);
+    // Refused writes: the transaction is refused as a whole, reads fall back to GET.
+    redis.cmd::<()>(&[b"CONFIG", b"SET", b"maxmemory-policy", b"noeviction"]);
+    redis.cmd::<()>(&[b"CONFIG", b"SET", b"maxmemory", b"1"]);
+    b.flush_l1();
+    assert_eq!(b.scope(get_user(2, &calls)).await.id, 2);
+    assert_eq!(calls.get(), 2, "an L2 hit under OOM");
+    assert!(b.stats().total.l2_reads_without_lease >= 1);
+    redis.cmd::<()>(&[b"CONFIG", b"SET", b"maxmemory", b"0"]);
+
+    // One cold key, both instances at once, a slow body: it runs once.
+    static SLOW: Site = Site::new("l2::slow_pipelined", "slow:<id>", opts(1));
+    let slow = |calls: Calls| async move {
+        memoize::<Plain<u64>, _, _>(&SLOW, &[&7u64], || async move {
+            calls.hit();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            7
+        })
+        .await
+    };
+    let before = calls.get();
+    let (x, y) = tokio::join!(
+        tokio::spawn(a.scope(slow(calls.clone()))),
+        tokio::spawn(b.scope(slow(calls.clone())))
+    );
+    assert_eq!((x.expect("a"), y.expect("b")), (7, 7));
+    assert_eq!(calls.get(), before + 1, "the lease held across instances");
+    let waits = a.stats().total.lease_waits + b.stats().total.lease_waits;
+    assert_eq!(waits, 1, "the other instance waited for the fill");
 }

@@ -196,7 +196,7 @@ mod tests {
             threshold,
             cooldown,
             "x:1".into(),
-            Arc::new(SiteTable::new()),
+            Arc::new(SiteTable::new("test")),
         )
     }
 

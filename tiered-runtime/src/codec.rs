@@ -1,6 +1,7 @@
 //! The L2 wire format: an envelope around a MessagePack payload.
 //!
 //! ```text
+//! value, wire 3:  b"tR" | 3 | 0 (value) | fingerprint (16) | namespace gen (u64 LE) | site gen (u64 LE) | expires at (u64 LE) | payload
 //! value, wire 2:  b"tR" | 2 | 0 (value) | fingerprint (16) | namespace gen (u64 LE) | site gen (u64 LE) | payload
 //! value, wire 1:  b"tR" | 1 | 0 (value) | fingerprint (16) | payload            (read as generations 0, 0)
 //! lease:          b"tR" | 1 | 1 (lease) | token (16)                             (unchanged since wire 1)
@@ -9,7 +10,10 @@
 //! The payload is MessagePack with field names (`rmp_serde::to_vec_named`), so reordering
 //! fields of a struct never decodes into swapped values. The fingerprint is the first 16 bytes
 //! of SHA-256 over the site's schema (the return type as written, for the macro) and its
-//! `version`: entries written for another type or schema version are misses. The two generations are the ones the writer read under
+//! `version`: entries written for another type or schema version are misses. "Expires at" is
+//! the writer's wall-clock time (Unix milliseconds) at which the key's `PX` runs out, so that a
+//! reader knows the remaining lifetime without asking Redis (`PTTL`); `0` means unknown (as
+//! for wire 1 and 2). The two generations are the ones the writer read under
 //! (see the `coherence` module): an entry stamped with an older generation than the current one
 //! is a miss. Decoding checks, in this order, the size bound, the magic, the wire version, the
 //! kind, the fingerprint, the payload, and that the payload was consumed to its last byte. Any
@@ -29,15 +33,17 @@ use sha2::{Digest, Sha256};
 
 const MAGIC: [u8; 2] = *b"tR";
 /// Version of the value envelope this build writes.
-pub const WIRE_VERSION: u8 = 2;
+pub const WIRE_VERSION: u8 = 3;
 /// Version byte of a lease (unchanged since wire 1).
 const LEASE_VERSION: u8 = 1;
 const KIND_VALUE: u8 = 0;
 const KIND_LEASE: u8 = 1;
 /// Length of the wire-1 header (and of a lease) in bytes.
 const HEADER_V1: usize = 2 + 1 + 1 + 16;
+/// Length of the wire-2 header in bytes.
+const HEADER_V2: usize = HEADER_V1 + 16;
 /// Length of the envelope header this build writes, in bytes.
-pub const HEADER_LEN: usize = HEADER_V1 + 16;
+pub const HEADER_LEN: usize = HEADER_V2 + 8;
 
 /// The generations an entry was written under (see the `coherence` module).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -104,10 +110,22 @@ pub fn fingerprint(schema: &str, version: u32) -> [u8; 16] {
     fp
 }
 
-/// Encodes `value` into an envelope with the given fingerprint and generation stamp.
+/// Encodes `value` into an envelope with the given fingerprint and generation stamp, and no
+/// expiry time (see [`encode_until`]).
 pub fn encode<T: Serialize + ?Sized>(
     fingerprint: &[u8; 16],
     stamp: Stamp,
+    value: &T,
+) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    encode_until(fingerprint, stamp, 0, value)
+}
+
+/// Encodes `value` into an envelope that also records when its key expires
+/// (`expires_at_ms`, Unix milliseconds; `0`: unknown).
+pub fn encode_until<T: Serialize + ?Sized>(
+    fingerprint: &[u8; 16],
+    stamp: Stamp,
+    expires_at_ms: u64,
     value: &T,
 ) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     let mut out = Vec::with_capacity(HEADER_LEN + 64);
@@ -117,6 +135,7 @@ pub fn encode<T: Serialize + ?Sized>(
     out.extend_from_slice(fingerprint);
     out.extend_from_slice(&stamp.namespace.to_le_bytes());
     out.extend_from_slice(&stamp.site.to_le_bytes());
+    out.extend_from_slice(&expires_at_ms.to_le_bytes());
     value.serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())?;
     Ok(out)
 }
@@ -155,6 +174,7 @@ pub fn decode<T: DeserializeOwned>(
     }
     let header = match bytes[2] {
         1 => HEADER_V1,
+        2 => HEADER_V2,
         WIRE_VERSION => HEADER_LEN,
         v if v > WIRE_VERSION => return Err(DecodeError::Newer(v)),
         v => return Err(DecodeError::WireVersion(v)),
@@ -168,7 +188,7 @@ pub fn decode<T: DeserializeOwned>(
     let Some(payload) = bytes.get(header..) else {
         return Err(DecodeError::Foreign);
     };
-    let stamp = match bytes.get(HEADER_V1..header) {
+    let stamp = match bytes.get(HEADER_V1..header.min(HEADER_V2)) {
         Some(g) if g.len() == 16 => Stamp {
             namespace: u64::from_le_bytes(array8(&g[..8])),
             site: u64::from_le_bytes(array8(&g[8..])),
@@ -184,6 +204,27 @@ pub fn decode<T: DeserializeOwned>(
         ));
     }
     Ok((value, stamp))
+}
+
+/// When the key of a value envelope expires (Unix milliseconds), if its writer recorded it
+/// (wire 3 and later, non-zero). Read from the header only; call after [`decode`] accepted
+/// the bytes.
+pub fn expires_at(bytes: &[u8]) -> Option<u64> {
+    if bytes.get(2).is_some_and(|v| *v >= 3) {
+        bytes
+            .get(HEADER_V2..HEADER_LEN)
+            .map(|b| u64::from_le_bytes(array8(b)))
+            .filter(|ms| *ms != 0)
+    } else {
+        None
+    }
+}
+
+/// The wall clock in Unix milliseconds (0 if the clock is before 1970).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn array8(b: &[u8]) -> [u8; 8] {
@@ -238,6 +279,21 @@ mod tests {
             last: "Lovelace".into(),
             age: 36,
         }
+    }
+
+    #[test]
+    fn expiry_rides_in_the_header_and_older_wires_still_decode() {
+        let bytes = encode_until(&fp(), S, 1_234_567, &ada()).unwrap_or_default();
+        assert_eq!(expires_at(&bytes), Some(1_234_567));
+        assert_eq!(decode::<Person>(&fp(), &bytes, 1 << 20), Ok((ada(), S)));
+        let none = encode(&fp(), S, &ada()).unwrap_or_default();
+        assert_eq!(expires_at(&none), None);
+        // The same value as wire 2 wrote it: no expiry field.
+        let mut v2 = bytes[..HEADER_V2].to_vec();
+        v2[2] = 2;
+        v2.extend_from_slice(&bytes[HEADER_LEN..]);
+        assert_eq!(decode::<Person>(&fp(), &v2, 1 << 20), Ok((ada(), S)));
+        assert_eq!(expires_at(&v2), None);
     }
 
     #[test]

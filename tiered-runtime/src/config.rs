@@ -36,6 +36,22 @@ pub const MAX_BUS_QUEUE: usize = 1 << 20;
 /// overflow clock arithmetic, and no cache needs them).
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
+/// How a flight's first read takes the fill lease (see [`Builder::lease_read`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LeaseRead {
+    /// Chosen at each connection from the server's `INFO server`: [`SetNxGet`](Self::SetNxGet)
+    /// from Redis 7.0 on, [`Pipelined`](Self::Pipelined) before (and whenever a server answers
+    /// `SET … NX GET` with a syntax error).
+    #[default]
+    Auto,
+    /// `SET key lease NX GET PX ttl`: one command returns the value on a hit and takes the
+    /// lease on a miss, atomically (Redis ≥ 7.0).
+    SetNxGet,
+    /// `GET key` and `SET key lease NX PX ttl` in one transaction (`MULTI`/`EXEC`, one round
+    /// trip): for servers older than 7.0, which refuse `NX` together with `GET`.
+    Pipelined,
+}
+
 /// Configures and builds a [`Runtime`].
 ///
 /// ```
@@ -67,6 +83,7 @@ pub struct Builder {
     lease_wait: Duration,
     degraded_l1_ttl: Duration,
     bus_queue: usize,
+    lease_read: LeaseRead,
     deferred: Option<(&'static str, String)>,
 }
 
@@ -102,6 +119,7 @@ impl Default for Builder {
             lease_wait: DEFAULT_LEASE_WAIT,
             degraded_l1_ttl: DEFAULT_DEGRADED_L1_TTL,
             bus_queue: DEFAULT_BUS_QUEUE,
+            lease_read: LeaseRead::Auto,
             deferred: None,
         }
     }
@@ -235,6 +253,14 @@ impl Builder {
         self
     }
 
+    /// How the first read of a flight takes the fill lease. Default [`LeaseRead::Auto`]: chosen
+    /// from the server's version at each connection; force a form for servers that report a
+    /// version they do not implement.
+    pub fn lease_read(mut self, form: LeaseRead) -> Self {
+        self.lease_read = form;
+        self
+    }
+
     /// Checks every value and returns the validated configuration.
     pub fn validate(mut self) -> Result<Config> {
         if let Some((field, reason)) = self.deferred {
@@ -286,6 +312,7 @@ impl Builder {
             lease_wait: self.lease_wait,
             degraded_l1_ttl: self.degraded_l1_ttl,
             bus_queue: self.bus_queue,
+            lease_read: self.lease_read,
         }
     }
 
@@ -329,6 +356,7 @@ pub struct Config {
     pub(crate) lease_wait: Duration,
     pub(crate) degraded_l1_ttl: Duration,
     pub(crate) bus_queue: usize,
+    pub(crate) lease_read: LeaseRead,
 }
 
 impl std::fmt::Debug for Config {

@@ -27,7 +27,10 @@
 
 use std::fmt::{self, Display, Write as _};
 
-use sha2::{Digest, Sha256};
+use std::hash::Hasher as _;
+
+use sha2::{Digest as _, Sha256};
+use siphasher::sip128::{Hasher128 as _, SipHasher13};
 
 /// Keys up to this many bytes are used as they are; longer ones are digested.
 pub const MAX_KEY_BYTES: usize = 1024;
@@ -212,20 +215,125 @@ impl Template {
             String::with_capacity(namespace.len() + 1 + self.literal_len + 8 * values.len());
         out.push_str(namespace);
         out.push(':');
+        self.write_into(&mut out, values);
+        Some(Key::from_rendered(out))
+    }
+
+    /// The L1 key ([`Digest`]) of the key `values` render, computed without rendering it: the
+    /// bytes [`render`](Self::render) would write are streamed into the digest. `None` when
+    /// the arity is wrong; [`Digested::Long`] when the key is longer than [`MAX_KEY_BYTES`]
+    /// (its Redis form is digested: render it and use [`Digester::of`]).
+    #[inline]
+    pub(crate) fn digest(
+        &self,
+        digester: &Digester,
+        values: &[&(dyn Display + Sync)],
+    ) -> Option<Digested> {
+        if values.len() != self.placeholders {
+            return None;
+        }
+        let mut sink = Hashing {
+            hasher: digester.base,
+            len: digester.base_len,
+        };
+        self.write_into(&mut sink, values);
+        Some(if sink.len > MAX_KEY_BYTES {
+            Digested::Long
+        } else {
+            Digested::Short(Digest(sink.hasher.finish128().as_u128()))
+        })
+    }
+
+    /// Writes the template's part of the key (everything after `{namespace}:`).
+    #[inline]
+    fn write_into<S: Sink>(&self, out: &mut S, values: &[&(dyn Display + Sync)]) {
         let mut values = values.iter();
         for seg in &self.segments {
             match seg {
-                Segment::Literal(text) => out.push_str(text),
+                Segment::Literal(text) => out.put(text),
                 Segment::Value => {
-                    out.push('<');
+                    out.put("<");
                     if let Some(v) = values.next() {
-                        let _ = write!(Escaper { out: &mut out }, "{v}");
+                        let _ = write!(Escaper { out: &mut *out }, "{v}");
                     }
-                    out.push('>');
+                    out.put(">");
                 }
             }
         }
-        Some(Key::from_rendered(out))
+    }
+}
+
+/// The L1 key of a rendered key: 128 bits of SipHash-1-3 over the key's bytes, keyed with a
+/// random secret per runtime. Computed from the arguments on every call without building the
+/// key string ([`Template::digest`]), and from the key string an invalidation carries
+/// ([`Digester::of`]): the two agree because both hash the same bytes. The secret makes
+/// collisions unforgeable (whoever chooses arguments cannot aim two keys at one L1 entry
+/// without knowing it), and two distinct keys collide by chance with probability 2⁻¹²⁸.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Digest(pub(crate) u128);
+
+/// Outcome of [`Template::digest`].
+pub(crate) enum Digested {
+    /// The L1 key.
+    Short(Digest),
+    /// The key is too long for its Redis form to be itself: render it.
+    Long,
+}
+
+/// Computes [`Digest`]s for one runtime: its secret and namespace.
+#[derive(Debug, Clone)]
+pub(crate) struct Digester {
+    keyed: SipHasher13,
+    /// `keyed` after `{namespace}:`.
+    base: SipHasher13,
+    base_len: usize,
+}
+
+impl Digester {
+    pub(crate) fn new(namespace: &str) -> Digester {
+        use std::hash::BuildHasher;
+        let random = std::collections::hash_map::RandomState::new();
+        let keyed = SipHasher13::new_with_keys(random.hash_one(0u8), random.hash_one(1u8));
+        let mut base = keyed;
+        base.write(namespace.as_bytes());
+        base.write(b":");
+        Digester {
+            keyed,
+            base,
+            base_len: namespace.len() + 1,
+        }
+    }
+
+    /// The digest of a key string (as rendered, or as carried by an invalidation).
+    pub(crate) fn of(&self, key: &str) -> Digest {
+        let mut h = self.keyed;
+        h.write(key.as_bytes());
+        Digest(h.finish128().as_u128())
+    }
+}
+
+/// Where a key's bytes go: a `String`, or a digest.
+trait Sink {
+    fn put(&mut self, s: &str);
+}
+
+impl Sink for String {
+    #[inline]
+    fn put(&mut self, s: &str) {
+        self.push_str(s);
+    }
+}
+
+struct Hashing {
+    hasher: SipHasher13,
+    len: usize,
+}
+
+impl Sink for Hashing {
+    #[inline]
+    fn put(&mut self, s: &str) {
+        self.len += s.len();
+        self.hasher.write(s.as_bytes());
     }
 }
 
@@ -238,27 +346,34 @@ fn must_escape(c: char) -> bool {
 }
 
 /// Writes `Display` output into the key, percent-encoding the value escape set.
-struct Escaper<'a> {
-    out: &'a mut String,
+struct Escaper<'a, S: Sink> {
+    out: &'a mut S,
 }
 
-impl fmt::Write for Escaper<'_> {
+impl<S: Sink> fmt::Write for Escaper<'_, S> {
+    #[inline]
     fn write_str(&mut self, s: &str) -> fmt::Result {
         // Fast path, one pass over the bytes: plain ASCII with nothing to encode.
         if s.bytes()
             .all(|b| b < 0x80 && VALUE_MASK & (1u128 << b) == 0)
         {
-            self.out.push_str(s);
+            self.out.put(s);
             return Ok(());
         }
+        const HEX: &[u8; 16] = b"0123456789ABCDEF";
         for c in s.chars() {
+            let mut buf = [0u8; 4];
+            let bytes = c.encode_utf8(&mut buf);
             if must_escape(c) {
-                let mut buf = [0u8; 4];
-                for b in c.encode_utf8(&mut buf).bytes() {
-                    let _ = write!(self.out, "%{b:02X}");
+                for b in bytes.bytes() {
+                    let enc = [b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]];
+                    // ASCII only, so always valid UTF-8.
+                    if let Ok(enc) = std::str::from_utf8(&enc) {
+                        self.out.put(enc);
+                    }
                 }
             } else {
-                self.out.push(c);
+                self.out.put(bytes);
             }
         }
         Ok(())
@@ -348,6 +463,69 @@ mod tests {
             t.as_ref().map(|t| t.render("ns", &[&1]).is_none()),
             Ok(true)
         );
+    }
+
+    /// The L1 key streamed from the arguments is the digest of the rendered key, for every
+    /// kind of value (escapes, multi-byte characters, `Display` impls that write in pieces),
+    /// and a long key is reported as such.
+    #[test]
+    fn streamed_digests_equal_digests_of_the_rendered_key() {
+        struct Pieces;
+        impl Display for Pieces {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a")?;
+                f.write_str("<b:")?;
+                let (n, s) = (7, "é*");
+                write!(f, "{n}-{s}")
+            }
+        }
+        let d = Digester::new("ns");
+        let other = Digester::new("ns");
+        let cases: Vec<(&str, Vec<&(dyn Display + Sync)>)> = vec![
+            ("user:<id>", vec![&42u64]),
+            ("q:<q>", vec![&"a*b?[c]\\{d}%e:f<g>\n\u{0}"]),
+            ("é<q>é", vec![&"aéb"]),
+            ("100%>x:<t>", vec![&"umbrella"]),
+            ("<a>-<b>", vec![&Pieces, &""]),
+            ("static", vec![]),
+        ];
+        for (t, v) in &cases {
+            let t = Template::parse(t).map_err(|e| e.0);
+            let Ok(t) = t else { panic!("{t:?}") };
+            let key = t.render("ns", v).map(Key::into_string).unwrap_or_default();
+            match t.digest(&d, v) {
+                Some(Digested::Short(digest)) => {
+                    assert_eq!(digest, d.of(&key), "{key}");
+                    assert_ne!(digest, other.of(&key), "keyed per runtime");
+                }
+                _ => panic!("{key} should have a short digest"),
+            }
+        }
+        let long = "v".repeat(MAX_KEY_BYTES);
+        let t = Template::parse("k:<v>").map_err(|e| e.0);
+        let Ok(t) = t else { panic!("{t:?}") };
+        assert!(matches!(t.digest(&d, &[&long]), Some(Digested::Long)));
+        assert!(t.digest(&d, &[]).is_none(), "wrong arity");
+        // Right at the limit: still short, and equal to the rendered key's digest.
+        let fits = "v".repeat(MAX_KEY_BYTES - "ns:k:<>".len());
+        let key = t
+            .render("ns", &[&fits])
+            .map(Key::into_string)
+            .unwrap_or_default();
+        assert_eq!(key.len(), MAX_KEY_BYTES);
+        assert!(matches!(t.digest(&d, &[&fits]), Some(Digested::Short(x)) if x == d.of(&key)));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn streamed_digest_matches_for_any_values(a in ".{0,40}", b in proptest::num::u64::ANY) {
+            let d = Digester::new("p");
+            let t = Template::parse("x:<a>/<b>").map_err(|e| e.0);
+            let Ok(t) = t else { panic!("{t:?}") };
+            let key = t.render("p", &[&a, &b]).map(Key::into_string).unwrap_or_default();
+            let streamed = t.digest(&d, &[&a, &b]);
+            proptest::prop_assert!(matches!(streamed, Some(Digested::Short(x)) if x == d.of(&key)));
+        }
     }
 
     const PINNED: &str = "#fdf758b5c7b95684cf1a4ce109d779cda602a8045de03ffad8fa4a43f5fba664";

@@ -44,22 +44,33 @@
 //! * **Cancelled or panicking leader.** The flight's entry is removed by a drop guard; the
 //!   followers wake up and exactly one of them runs the body again (once per takeover). The
 //!   panic itself propagates to the leader's caller only.
-//! * **Counters** are per runtime and per site ([`Stats`]); the hot path bumps one relaxed
-//!   atomic in a lock-free per-runtime table.
+//! * **Counters** are per runtime and per site ([`Stats`]), in a lock-free per-runtime table;
+//!   the L1 hit counter is striped (each thread bumps its own cache line, a snapshot sums
+//!   them), so hits on several threads never contend on one atomic.
 //! * **L1** is one typed Moka cache per memoized function and runtime, so a hit clones the
 //!   value straight out of Moka (no decoding, no type erasure); `l1_max_entries` bounds each
-//!   function's L1. TTL = min(site TTL, `l1_max_ttl`), and on promotion also ≤ the remaining
-//!   L2 TTL (`PTTL`, read in the same round trip as the `GET`); deadlines are checked on a
-//!   coarse monotonic clock (a few ms of resolution). Details and measurements: the `l1`
-//!   module source.
+//!   function's L1. Entries are keyed by a 128-bit keyed digest (SipHash-1-3, random secret
+//!   per runtime) of the key's bytes, streamed from the arguments' `Display` output: a hit
+//!   renders no key string and allocates nothing; the key string is rendered on a miss only,
+//!   and an invalidation received for a key string evicts the entry of the same digest. Keys
+//!   longer than 1024 bytes (digested in Redis) are rendered on every call. TTL = min(site
+//!   TTL, `l1_max_ttl`), and on promotion also ≤ the remaining L2 TTL, which the writer
+//!   records in the value's envelope (a value written without it, by an older version, is
+//!   served but not promoted); deadlines are checked on a coarse monotonic clock (a few ms of
+//!   resolution). Details: the `l1` module source.
 //! * **Two functions sharing a key template** (the same shape, placeholder names aside) read
 //!   and write the same keys in Redis; their flights and L1s stay apart. The first use of the
 //!   second one is reported at ERROR and counted in `template_conflicts`, whatever their types
 //!   and tiers.
-//! * **L2 reads** are one round trip: `SET key LEASE NX GET PX lease_ttl` (the value, or the
-//!   fill lease, atomically) and `PTTL`, plus `HMGET` of the generations when they cannot be
-//!   trusted from memory. A miss adds one fill script that replaces our lease with the value.
-//!   Redis 7.0 or newer is required (`SET` with both `NX` and `GET`). Oversized values are not
+//! * **L2 reads** are one round trip and, on a hit, one command: `SET key LEASE NX GET PX
+//!   lease_ttl` (the value, or the fill lease, atomically), plus `HMGET` of the generations
+//!   when they cannot be trusted from memory, and `PTTL` only when a lease was found (to judge
+//!   whether it can be one of ours). A miss adds one fill script that replaces our lease with
+//!   the value. Servers older than Redis 7.0 (which refuse `NX` with `GET`) get `GET` and
+//!   `SET NX` in one `MULTI`/`EXEC` instead, chosen at each connection from `INFO server`
+//!   ([`LeaseRead`]). When Redis refuses writes (`OOM` under `noeviction`, `READONLY`), reads
+//!   fall back to a plain `GET` for a second at a time (`l2_reads_without_lease`): hits are
+//!   served, misses computed without filling. Oversized values are not
 //!   written (our lease is released instead). Every L2 operation is bounded by `l2_timeout`;
 //!   a breaker opens after `breaker_threshold` consecutive connectivity failures (server
 //!   refusals such as `OOM`, or `NOPERM` for one key or channel, do not count) and lets one
@@ -107,7 +118,7 @@ mod stats;
 pub use config::{
     Builder, Config, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_L1_MAX_ENTRIES, DEFAULT_L2_TIMEOUT, DEFAULT_MAX_VALUE_BYTES, DEFAULT_NAMESPACE,
-    DEFAULT_PROMOTION_FREQUENCY, MAX_BUS_QUEUE, MAX_DURATION,
+    DEFAULT_PROMOTION_FREQUENCY, LeaseRead, MAX_BUS_QUEUE, MAX_DURATION,
 };
 pub use error::{Error, Result};
 pub use key::Key;

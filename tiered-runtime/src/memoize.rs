@@ -15,9 +15,9 @@ use crate::coalesce::{FlightGuard, Role, Shared, follow};
 use crate::codec::{self, DecodeError, Stamp};
 use crate::coherence::generations;
 use crate::coherence::lease::Lease;
-use crate::key::Key;
+use crate::key::{Digested, Key, MAX_KEY_BYTES};
 use crate::l1::TypedL1;
-use crate::l2::{L2, remaining};
+use crate::l2::{L2, millis};
 use crate::runtime::{Runtime, with_current};
 use crate::site::Site;
 use crate::stats::Counters;
@@ -306,9 +306,38 @@ impl<K: ReturnKind> Prepared<K> {
 }
 
 impl Runtime {
-    /// Renders the key and consults L1; synchronous, no I/O.
+    /// Consults L1, then renders the key on a miss; synchronous, no I/O.
+    ///
+    /// The hit path renders no key and allocates nothing: the arguments' `Display` output is
+    /// streamed through the key's escaping into the L1 key's digest ([`Template::digest`]).
+    ///
+    /// [`Template::digest`]: crate::key::Template::digest
     #[inline]
     pub(crate) fn lookup<V: Clone + Send + Sync + 'static>(
+        &self,
+        site: &'static Site,
+        args: &[&(dyn Display + Sync)],
+    ) -> Lookup<V> {
+        if site.options().tiers.l1()
+            && let Ok(template) = site.compiled()
+        {
+            let table = self.table();
+            let slot = table.slot(site);
+            if let Some(l1) = slot.l1.get()
+                && let Some(l1) = l1.as_any().downcast_ref::<TypedL1<V>>()
+                && let Some(Digested::Short(digest)) = template.digest(&table.digester, args)
+                && let Some(v) = l1.get(digest)
+            {
+                slot.hits.bump();
+                return Lookup::Hit(v);
+            }
+        }
+        self.render_miss(site, args)
+    }
+
+    /// The rest of [`lookup`](Self::lookup): renders the key (a long key, whose L1 key is the
+    /// digest of its Redis form, is looked up in L1 here).
+    fn render_miss<V: Clone + Send + Sync + 'static>(
         &self,
         site: &'static Site,
         args: &[&(dyn Display + Sync)],
@@ -317,25 +346,25 @@ impl Runtime {
             return Lookup::Bypass;
         };
         if site.options().tiers.l1()
-            && let Some(v) = self.l1_get::<V>(site, key.as_str())
+            && key.as_str().len() > MAX_KEY_BYTES
+            && let Some(v) = self.l1_get::<V>(site, &key)
         {
             return Lookup::Hit(v);
         }
         Lookup::Miss(self.clone(), key)
     }
 
-    /// L1 hit: a clone of the value.
-    #[inline]
+    /// L1 hit by key string: a clone of the value.
     fn l1_get<V: Clone + Send + Sync + 'static>(
         &self,
         site: &'static Site,
-        key: &str,
+        key: &Key,
     ) -> Option<V> {
-        // One slot lookup for both the L1 and the counter; no L1 yet means a miss.
-        let slot = self.table().slot(site);
+        let table = self.table();
+        let slot = table.slot(site);
         let l1 = slot.l1.get()?.as_any().downcast_ref::<TypedL1<V>>()?;
-        let v = l1.get(key)?;
-        Counters::bump(&slot.counters.l1_hits);
+        let v = l1.get(table.digester.of(key.as_str()))?;
+        slot.hits.bump();
         Some(v)
     }
 
@@ -375,7 +404,7 @@ impl Runtime {
                         // The leader was cancelled, panicked or had nothing to share: take over.
                         Some(Shared::Retry) | None => {
                             if tiers.l1()
-                                && let Some(v) = self.l1_get::<K::Value>(site, key.as_str())
+                                && let Some(v) = self.l1_get::<K::Value>(site, &key)
                             {
                                 return K::from_value(v);
                             }
@@ -393,8 +422,9 @@ impl Runtime {
             None
         };
         let epoch = l1.map_or(0, TypedL1::epoch);
+        let digest = self.table().digester.of(key.as_str());
         // A previous flight may have filled L1 between our lookup and `enter`.
-        if let Some(v) = l1.and_then(|l1| l1.get(key.as_str())) {
+        if let Some(v) = l1.and_then(|l1| l1.get(digest)) {
             Counters::bump(&c.l1_hits);
             guard.complete(Shared::Value(Arc::new(v.clone())), || {});
             return K::from_value(v);
@@ -410,14 +440,16 @@ impl Runtime {
                     Counters::bump(&c.l2_hits);
                     #[cfg(feature = "test-hooks")]
                     inner.local.hooks.promotion.pass().await;
-                    let promote = l1.filter(|_| self.should_promote(site));
-                    let ttl = remaining.map_or(site.options().ttl, |r| r.min(site.options().ttl));
+                    // A value whose expiry its writer did not record (an older wire) is served
+                    // but not promoted: its L1 copy could outlive the L2 entry.
+                    let promote = l1.filter(|_| remaining.is_some() && self.should_promote(site));
+                    let ttl = remaining.map_or(Duration::ZERO, |r| r.min(site.options().ttl));
                     let mut promoted = false;
                     let stored = guard.complete(Shared::Value(Arc::new(v.clone())), || {
                         if let Some(l1) = promote
                             && !ttl.is_zero()
                         {
-                            l1.insert(key.as_str().to_owned(), v.clone(), self.l1_ttl(ttl), epoch);
+                            l1.insert(digest, v.clone(), self.l1_ttl(ttl), epoch);
                             promoted = true;
                         }
                     });
@@ -450,7 +482,7 @@ impl Runtime {
                 let stored = guard.complete(Shared::Value(Arc::new(v.clone())), || {
                     if keep && let Some(l1) = l1 {
                         let ttl = self.l1_ttl(site.options().ttl);
-                        l1.insert(key.as_str().to_owned(), v.clone(), ttl, epoch);
+                        l1.insert(digest, v.clone(), ttl, epoch);
                     }
                 });
                 if keep && !stored {
@@ -499,6 +531,10 @@ impl Runtime {
         let mut deadline = None;
         let mut delay = Duration::from_millis(5);
         let mut judged_once = false;
+        // A lease found under the key is judged by its remaining lifetime: asked for (with
+        // `PTTL`, in the same round trip) only once a lease has been seen, so that a hit is
+        // one command.
+        let mut with_pttl = false;
         loop {
             let known = self.known_generations(site);
             // Armed before the request leaves: whatever happens to it, a lease that may have
@@ -511,7 +547,7 @@ impl Runtime {
             );
             let ask = known.is_err().then_some((gen_key.as_str(), site.name()));
             let reply = match l2
-                .read(key.as_str(), lease.bytes(), cfg.lease_ttl, ask)
+                .read(key.as_str(), lease.bytes(), cfg.lease_ttl, with_pttl, ask)
                 .await
             {
                 Ok(r) => r,
@@ -528,22 +564,28 @@ impl Runtime {
                 }
                 (Err(_), None) => Stamp::default(),
             };
-            let Some(bytes) = reply.value else {
-                if reply.leased {
-                    return L2Read::Leased(lease, current);
+            let bytes = match reply.value {
+                Some(bytes) => bytes,
+                None if reply.leased => return L2Read::Leased(lease, current),
+                None => {
+                    // Read without a lease (Redis refuses writes): compute, and fill nothing.
+                    lease.disarm();
+                    return L2Read::Compute;
                 }
-                // Read without a lease (Redis refuses writes): compute, and fill nothing.
-                lease.disarm();
-                return L2Read::Compute;
             };
             // The key held something, so our `SET NX` wrote nothing.
             lease.disarm();
             let verdict = if codec::is_lease(&bytes) {
-                let ours = reply.pttl > 0 && reply.pttl as u128 <= cfg.lease_ttl.as_millis();
-                if ours {
-                    None
-                } else {
-                    Some(Err(DecodeError::Foreign))
+                match reply.pttl {
+                    // Could be one of ours (a tiered lease never lives longer than lease_ttl).
+                    Some(pttl) if pttl > 0 && pttl as u128 <= cfg.lease_ttl.as_millis() => None,
+                    Some(_) => Some(Err(DecodeError::Foreign)),
+                    // Judge it now: read again at once, with its remaining lifetime.
+                    None if !with_pttl => {
+                        with_pttl = true;
+                        continue;
+                    }
+                    None => None,
                 }
             } else {
                 Some(codec::decode::<V>(fingerprint, &bytes, cfg.max_value_bytes))
@@ -571,7 +613,9 @@ impl Runtime {
                             // stamp from now on.
                             gens.learn(gens.era(), site.name(), written);
                         }
-                        return L2Read::Hit(v, remaining(reply.pttl));
+                        let remaining = codec::expires_at(&bytes)
+                            .map(|at| Duration::from_millis(at.saturating_sub(codec::unix_ms())));
+                        return L2Read::Hit(v, remaining);
                     }
                     // Written before a group invalidation: a miss.
                     Counters::bump(&c.stale_generation_misses);
@@ -633,7 +677,9 @@ impl Runtime {
             }
             return false;
         }
-        match codec::encode(fingerprint, stamp, v) {
+        let ttl = site.options().ttl;
+        let expires_at = codec::unix_ms().saturating_add(millis(ttl));
+        match codec::encode_until(fingerprint, stamp, expires_at, v) {
             Ok(bytes) if bytes.len() <= self.inner.config.max_value_bytes => {
                 match lease.fill(l2, &bytes, site.options().ttl).await {
                     Ok(true) => {
@@ -676,7 +722,7 @@ impl Runtime {
 
 /// What the leader's L2 read decided.
 enum L2Read<V> {
-    /// A value, with the remaining TTL of its key.
+    /// A value, with the remaining TTL of its key when its writer recorded it.
     Hit(V, Option<Duration>),
     /// Nothing there: we hold the fill lease; the fill is stamped with these generations.
     Leased(Lease, Stamp),

@@ -104,7 +104,7 @@ impl Runtime {
     }
 
     pub(crate) async fn from_config(config: Config) -> Result<Runtime> {
-        let table = Arc::new(SiteTable::new());
+        let table = Arc::new(SiteTable::new(&config.namespace));
         let local = Arc::new(Local::new(table.clone()));
         let Some(target) = config.redis.clone() else {
             return Ok(Self::assemble(config, None, local, None, None));
@@ -206,7 +206,7 @@ impl Runtime {
              (call tiered::Runtime::builder()…install() at start-up to configure Redis)"
         );
         let config = Builder::defaults();
-        let local = Arc::new(Local::new(Arc::new(SiteTable::new())));
+        let local = Arc::new(Local::new(Arc::new(SiteTable::new(&config.namespace))));
         Self::assemble(config, None, local, None, None)
     }
 

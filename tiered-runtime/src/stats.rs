@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use crate::key::Digester;
 use crate::l1::ErasedL1;
 use crate::site::Site;
 
@@ -196,7 +197,63 @@ const CHUNKS: usize = 64;
 pub(crate) struct Slot {
     site: OnceLock<&'static Site>,
     pub(crate) counters: Counters,
+    /// L1 hits of the lookup fast path (added to `counters.l1_hits` in snapshots).
+    pub(crate) hits: Striped,
     pub(crate) l1: OnceLock<Box<dyn ErasedL1>>,
+}
+
+impl Slot {
+    fn snapshot(&self) -> Counts {
+        let mut counts = self.counters.snapshot();
+        counts.l1_hits += self.hits.sum();
+        counts
+    }
+}
+
+/// Number of stripes of a [`Striped`] counter.
+const STRIPES: usize = 8;
+
+/// A counter written by every L1 hit, striped so that threads do not share a cache line:
+/// each thread bumps its own stripe (threads are spread round-robin over the stripes), and a
+/// read sums them.
+#[derive(Default)]
+pub(crate) struct Striped([Padded; STRIPES]);
+
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+impl Striped {
+    #[inline]
+    pub(crate) fn bump(&self) {
+        self.0[stripe()].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sum(&self) -> u64 {
+        self.0
+            .iter()
+            .fold(0u64, |n, p| n.wrapping_add(p.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// This thread's stripe.
+#[inline]
+fn stripe() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE.with(|s| {
+        let i = s.get();
+        if i < STRIPES {
+            return i;
+        }
+        let i = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        s.set(i);
+        i
+    })
 }
 
 /// Per-site state of one runtime, indexed by [`Site::index`], lock-free on the hot path:
@@ -206,13 +263,16 @@ pub(crate) struct SiteTable {
     chunks: [OnceLock<Box<[Slot]>>; CHUNKS],
     overflow: Slot,
     runtime: Counters,
+    /// Turns keys into L1 keys.
+    pub(crate) digester: Digester,
     /// The first site seen with each template shape (cold path: first use of a site).
     shapes: Mutex<HashMap<String, &'static str>>,
 }
 
 impl SiteTable {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(namespace: &str) -> Self {
         SiteTable {
+            digester: Digester::new(namespace),
             chunks: std::array::from_fn(|_| OnceLock::new()),
             overflow: Slot::default(),
             runtime: Counters::default(),
@@ -300,7 +360,7 @@ impl SiteTable {
         for chunk in self.chunks.iter().filter_map(OnceLock::get) {
             for slot in chunk.iter() {
                 if let Some(site) = slot.site.get() {
-                    let counts = slot.counters.snapshot();
+                    let counts = slot.snapshot();
                     total.add(&counts);
                     sites.push(SiteStats {
                         name: site.name(),
@@ -309,7 +369,7 @@ impl SiteTable {
                 }
             }
         }
-        let overflow = self.overflow.counters.snapshot();
+        let overflow = self.overflow.snapshot();
         if overflow != Counts::default() {
             total.add(&overflow);
             sites.push(SiteStats {

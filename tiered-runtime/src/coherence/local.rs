@@ -81,11 +81,12 @@ impl Local {
     /// Evicts `key` from the L1 of the site named `site` and detaches its flight.
     pub(crate) fn evict(&self, site: &str, key: &str) {
         self.flights.invalidate_key(site, key, || {
+            let digest = self.table.digester.of(key);
             for (s, slot) in self.table.slots() {
                 if s.name() == site
                     && let Some(l1) = slot.l1.get()
                 {
-                    l1.remove(key);
+                    l1.remove(digest);
                 }
             }
         });

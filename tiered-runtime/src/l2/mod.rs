@@ -51,23 +51,16 @@ impl L2Error {
 
 /// The server error codes an error carries: its own, or those of the commands of a pipeline
 /// that failed (redis-rs reports a pipeline's server errors together).
+/// The error codes of a reply: its own, and those of the commands inside a failed pipeline
+/// or an aborted transaction (`EXECABORT` carries the refusals that caused it).
 fn codes(e: &redis::RedisError) -> Vec<String> {
-    match e.code() {
-        Some(code) => vec![code.to_owned()],
-        None => e
-            .clone()
-            .into_server_errors()
-            .map(|errors| {
-                errors
-                    .iter()
-                    .map(|(_, err)| err.code().to_owned())
-                    .collect()
-            })
-            .unwrap_or_default(),
+    let mut codes: Vec<String> = e.code().map(str::to_owned).into_iter().collect();
+    if let Some(errors) = e.clone().into_server_errors() {
+        codes.extend(errors.iter().map(|(_, err)| err.code().to_owned()));
     }
+    codes
 }
 
-/// A redis error without anything that could carry a password.
 pub(crate) fn describe(e: &redis::RedisError) -> String {
     match (e.code(), e.detail()) {
         (Some(code), Some(detail)) => format!("{code} {detail}"),
@@ -122,27 +115,39 @@ fn is_write_refused(e: &redis::RedisError) -> bool {
 }
 
 /// What the first round trip of a flight found (see [`L2::read`]).
+/// `SET … NX … GET` refused as a syntax error: a server older than 7.0.
+fn is_syntax_error(e: &redis::RedisError) -> bool {
+    describe(e).contains("syntax error")
+}
+
+/// The form of a flight's read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// `SET key lease NX GET PX ttl`.
+    SetNxGet,
+    /// `MULTI`, `GET key`, `SET key lease NX PX ttl`, `EXEC`.
+    Pipelined,
+    /// `GET key` (Redis refuses writes).
+    Get,
+}
+
+/// The next reply of a pipeline, parsed.
+fn next<T: redis::FromRedisValue>(
+    replies: &mut impl Iterator<Item = redis::Value>,
+) -> Result<T, L2Error> {
+    T::from_redis_value(replies.next().unwrap_or(redis::Value::Nil))
+        .map_err(|e| L2Error::Failed(e.into()))
+}
+
 pub(crate) struct ReadReply {
     /// The bytes under the key before our `SET NX` (`None`: the key was empty).
     pub(crate) value: Option<Vec<u8>>,
     /// The key was empty and the lease is now ours (`false` for a read without lease).
     pub(crate) leased: bool,
-    /// Remaining TTL of the key in ms (`-1` no expiry, `-2` missing).
-    pub(crate) pttl: i64,
-    /// The current generations, when they were asked for.
+    /// The key's remaining lifetime in ms (`-1`: none, `-2`: no key), when asked for.
+    pub(crate) pttl: Option<i64>,
+    /// The current generations, when asked for.
     pub(crate) generations: Option<crate::codec::Stamp>,
-}
-
-/// The reply of [`L2::read`] when the generations are asked for.
-type ReadWithGenerations = (Option<Vec<u8>>, i64, (Option<u64>, Option<u64>));
-
-/// A PTTL reply as a remaining lifetime (`None`: the key has no expiry).
-pub(crate) fn remaining(pttl: i64) -> Option<Duration> {
-    match pttl {
-        -1 => None,
-        ms if ms < 0 => Some(Duration::ZERO),
-        ms => Some(Duration::from_millis(ms.unsigned_abs())),
-    }
 }
 
 /// A duration as Redis milliseconds (at least 1).
@@ -210,9 +215,12 @@ impl L2 {
     }
 
     /// A flight's first round trip: `SET key lease NX GET PX lease_ttl` (atomically the
-    /// value if there is one, else the lease is ours), `PTTL key`, and, when `generations` names
-    /// the generations hash and a function, `HMGET` of the namespace's and the function's
-    /// generations. One command for the value; every command touches one key.
+    /// value if there is one, else the lease is ours) and, only when asked, `PTTL key`
+    /// (`with_pttl`: to judge a lease found there) and `HMGET` of the namespace's and the
+    /// function's generations (`generations` names the hash and the function). An L2 hit is
+    /// one command: a value's remaining lifetime is in its envelope. With the pipelined form
+    /// ([`LeaseRead::Pipelined`](crate::LeaseRead)) the value is read with `GET` and the lease
+    /// taken with `SET … NX PX` in one transaction (`MULTI`/`EXEC`), in the same round trip.
     ///
     /// When Redis refuses writes (`OOM` under `noeviction`, `READONLY`), the `SET` is refused
     /// even for a key that holds a value: the read is then repeated as a plain `GET` (no lease,
@@ -223,13 +231,19 @@ impl L2 {
         key: &str,
         lease: &[u8],
         lease_ttl: Duration,
+        with_pttl: bool,
         generations: Option<(&str, &str)>,
     ) -> Result<ReadReply, L2Error> {
         if self.writes_refused() {
-            return self.read_only(key, generations).await;
+            return self.read_only(key, with_pttl, generations).await;
         }
+        let form = if self.pipelined() {
+            Form::Pipelined
+        } else {
+            Form::SetNxGet
+        };
         match self
-            .read_with(key, Some((lease, lease_ttl)), generations)
+            .read_with(key, form, lease, lease_ttl, with_pttl, generations)
             .await
         {
             Err(L2Error::Failed(e)) if is_write_refused(&e) => {
@@ -237,9 +251,29 @@ impl L2 {
                     .writes_refused_until
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + WRITES_REFUSED_FOR);
-                self.read_only(key, generations).await
+                self.read_only(key, with_pttl, generations).await
+            }
+            Err(L2Error::Failed(e)) if form == Form::SetNxGet && is_syntax_error(&e) => {
+                match &self.backend {
+                    Backend::Single(s) => s.refuse_set_nx_get(),
+                }
+                self.read_with(
+                    key,
+                    Form::Pipelined,
+                    lease,
+                    lease_ttl,
+                    with_pttl,
+                    generations,
+                )
+                .await
             }
             other => other,
+        }
+    }
+
+    fn pipelined(&self) -> bool {
+        match &self.backend {
+            Backend::Single(s) => s.pipelined(),
         }
     }
 
@@ -253,23 +287,27 @@ impl L2 {
     async fn read_only(
         &self,
         key: &str,
+        with_pttl: bool,
         generations: Option<(&str, &str)>,
     ) -> Result<ReadReply, L2Error> {
         Counters::bump(&self.stats.runtime().l2_reads_without_lease);
-        self.read_with(key, None, generations).await
+        self.read_with(key, Form::Get, &[], Duration::ZERO, with_pttl, generations)
+            .await
     }
 
-    /// `SET key LEASE NX GET PX` (with a lease) or `GET key` (without), then `PTTL` and the
-    /// optional `HMGET`.
+    /// One round trip of the given form, then the optional `PTTL` and `HMGET`.
     async fn read_with(
         &self,
         key: &str,
-        lease: Option<(&[u8], Duration)>,
+        form: Form,
+        lease: &[u8],
+        lease_ttl: Duration,
+        with_pttl: bool,
         generations: Option<(&str, &str)>,
     ) -> Result<ReadReply, L2Error> {
         let mut p = redis::pipe();
-        match lease {
-            Some((lease, lease_ttl)) => {
+        match form {
+            Form::SetNxGet => {
                 p.cmd("SET")
                     .arg(key)
                     .arg(lease)
@@ -278,39 +316,62 @@ impl L2 {
                     .arg("PX")
                     .arg(millis(lease_ttl));
             }
-            None => {
+            Form::Pipelined => {
+                // In a transaction: nothing can land between the `GET` and the `SET NX`.
+                p.atomic();
+                p.cmd("GET").arg(key);
+                p.cmd("SET")
+                    .arg(key)
+                    .arg(lease)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(lease_ttl));
+            }
+            Form::Get => {
                 p.cmd("GET").arg(key);
             }
         }
-        let leased = lease.is_some();
-        p.cmd("PTTL").arg(key);
-        match generations {
-            None => {
-                let (value, pttl): (Option<Vec<u8>>, i64) = self.exec(&p).await?;
-                Ok(ReadReply {
-                    leased: leased && value.is_none(),
-                    value,
-                    pttl,
-                    generations: None,
-                })
-            }
-            Some((hash, site)) => {
-                p.cmd("HMGET")
-                    .arg(hash)
-                    .arg(crate::coherence::generations::NAMESPACE_FIELD)
-                    .arg(site);
-                let (value, pttl, (namespace, site)): ReadWithGenerations = self.exec(&p).await?;
-                Ok(ReadReply {
-                    leased: leased && value.is_none(),
-                    value,
-                    pttl,
-                    generations: Some(crate::codec::Stamp {
-                        namespace: namespace.unwrap_or(0),
-                        site: site.unwrap_or(0),
-                    }),
-                })
-            }
+        if with_pttl {
+            p.cmd("PTTL").arg(key);
         }
+        if let Some((hash, site)) = generations {
+            p.cmd("HMGET")
+                .arg(hash)
+                .arg(crate::coherence::generations::NAMESPACE_FIELD)
+                .arg(site);
+        }
+        let replies: Vec<redis::Value> = self.exec(&p).await?;
+        let mut replies = replies.into_iter();
+        let value: Option<Vec<u8>> = next(&mut replies)?;
+        let leased = match form {
+            Form::SetNxGet => value.is_none(),
+            Form::Pipelined => {
+                let set: Option<redis::Value> = next(&mut replies)?;
+                value.is_none() && set.is_some()
+            }
+            Form::Get => false,
+        };
+        let pttl = if with_pttl {
+            Some(next::<i64>(&mut replies)?)
+        } else {
+            None
+        };
+        let generations = match generations {
+            Some(_) => {
+                let (namespace, site): (Option<u64>, Option<u64>) = next(&mut replies)?;
+                Some(crate::codec::Stamp {
+                    namespace: namespace.unwrap_or(0),
+                    site: site.unwrap_or(0),
+                })
+            }
+            None => None,
+        };
+        Ok(ReadReply {
+            value,
+            leased,
+            pttl,
+            generations,
+        })
     }
 
     /// Replaces the lease `lease` under `key` with `value` (PX `ttl`), atomically, only while the

@@ -7,7 +7,7 @@
 //! pings the connection every [`HEARTBEAT`] and replaces it after [`HEARTBEAT_MISSES`]
 //! unanswered pings (a half-open link never errors by itself).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use super::{L2Error, describe, is_auth};
 use crate::breaker::Breaker;
-use crate::config::{Config, RedisTarget};
+use crate::config::{Config, LeaseRead, RedisTarget};
 use crate::error::Error;
 use crate::stats::{Counters, SiteTable};
 
@@ -43,6 +43,17 @@ pub(crate) struct Single {
     lost: Arc<Notify>,
     breaker: Arc<Breaker>,
     stats: Arc<SiteTable>,
+    lease_read: LeaseRead,
+    /// The lease read in use on the current connection: `true` for the pipelined form.
+    pipelined: AtomicBool,
+}
+
+/// The version of a server from its `INFO server` reply (`redis_version:7.0.15`).
+pub(crate) fn server_major(info: &str) -> Option<u32> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .and_then(|v| v.trim().split('.').next())
+        .and_then(|major| major.parse().ok())
 }
 
 impl Single {
@@ -68,9 +79,12 @@ impl Single {
             lost: Arc::new(Notify::new()),
             breaker,
             stats,
+            lease_read: config.lease_read,
+            pipelined: AtomicBool::new(config.lease_read == LeaseRead::Pipelined),
         });
         match single.connect().await {
             Ok(conn) => {
+                single.choose_lease_read(&conn).await;
                 single.check_permissions(&conn, &config.namespace).await?;
                 single.install(conn)
             }
@@ -103,14 +117,25 @@ impl Single {
         let hash = crate::key::internal(namespace, "probe-gen");
         let mut p = redis::pipe();
         // The read of a flight, the fill and release scripts (GET, SET, DEL inside).
-        p.cmd("SET")
-            .arg(&key)
-            .arg("1")
-            .arg("NX")
-            .arg("GET")
-            .arg("PX")
-            .arg(1000)
-            .ignore();
+        if self.pipelined() {
+            p.cmd("GET").arg(&key).ignore();
+            p.cmd("SET")
+                .arg(&key)
+                .arg("1")
+                .arg("NX")
+                .arg("PX")
+                .arg(1000)
+                .ignore();
+        } else {
+            p.cmd("SET")
+                .arg(&key)
+                .arg("1")
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(1000)
+                .ignore();
+        }
         p.cmd("PTTL").arg(&key).ignore();
         p.cmd("EVAL")
             .arg("redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], '1', 'PX', 1000) redis.call('DEL', KEYS[1]) return 0")
@@ -141,6 +166,40 @@ impl Single {
             }
             Ok(Ok(())) | Err(_) => Ok(()),
         }
+    }
+
+    /// Whether flights read with the pipelined form (see [`LeaseRead`]).
+    pub(crate) fn pipelined(&self) -> bool {
+        self.pipelined.load(Ordering::Relaxed)
+    }
+
+    /// The server refused `SET … NX GET` as a syntax error: it predates 7.0 whatever it
+    /// reports. Pipelined reads from now on (until a reconnect chooses again).
+    pub(crate) fn refuse_set_nx_get(&self) {
+        if !self.pipelined.swap(true, Ordering::Relaxed) {
+            tracing::warn!(redis = %self.addr, "tiered: Redis refused `SET … NX GET`; reading with GET and SET NX pipelined instead");
+        }
+    }
+
+    /// [`LeaseRead::Auto`]: one `INFO server` on a new connection picks the form (Redis ≥ 7.0:
+    /// `SET … NX GET`); when the reply does not tell, `SET … NX GET` is tried and a syntax
+    /// error switches to the pipelined form.
+    async fn choose_lease_read(&self, conn: &MultiplexedConnection) {
+        if self.lease_read != LeaseRead::Auto {
+            return;
+        }
+        let mut conn = conn.clone();
+        let info = redis::cmd("INFO").arg("server").to_owned();
+        let major =
+            match tokio::time::timeout(self.connect_timeout, info.query_async::<String>(&mut conn))
+                .await
+            {
+                Ok(Ok(info)) => server_major(&info),
+                _ => None,
+            };
+        let pipelined = major.is_some_and(|m| m < 7);
+        self.pipelined.store(pipelined, Ordering::Relaxed);
+        tracing::debug!(redis = %self.addr, ?major, pipelined, "tiered: lease read chosen");
     }
 
     async fn connect(&self) -> Result<MultiplexedConnection, redis::RedisError> {
@@ -221,6 +280,7 @@ async fn supervise(weak: Weak<Single>) {
             None => {
                 match this.connect().await {
                     Ok(conn) => {
+                        this.choose_lease_read(&conn).await;
                         this.install(conn);
                         misses = 0;
                         backoff = MIN_BACKOFF;
@@ -269,5 +329,17 @@ async fn supervise(weak: Weak<Single>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_server_version_is_read_from_info_server() {
+        use super::server_major;
+        let info = "# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n";
+        assert_eq!(server_major(info), Some(7));
+        assert_eq!(server_major("redis_version:6.2.14\r\n"), Some(6));
+        assert_eq!(server_major("nothing here"), None);
     }
 }
