@@ -187,8 +187,13 @@ impl FlightGuard<'_> {
 
     /// Ends the flight and hands `outcome` to every follower. Under the flight's own lock,
     /// `store` runs unless the flight was poisoned (returns whether it ran); then the entry is
-    /// removed, so a caller arriving afterwards finds the stored value or starts afresh.
-    pub(crate) fn complete(mut self, outcome: Shared, store: impl FnOnce()) -> bool {
+    /// removed, so a caller arriving afterwards finds the stored value or starts afresh. The
+    /// outcome is made only when followers are waiting (no copy of the value otherwise).
+    pub(crate) fn complete(
+        mut self,
+        outcome: impl FnOnce() -> Shared,
+        store: impl FnOnce(),
+    ) -> bool {
         let stored = {
             let poisoned = lock(&self.poisoned);
             if !*poisoned {
@@ -197,8 +202,11 @@ impl FlightGuard<'_> {
             !*poisoned
         };
         self.flights.detach(self.site, &self.key, self.id);
-        if let Some(tx) = self.tx.take() {
-            tx.send_replace(Some(outcome));
+        // Detached: no follower can join any more, so no receiver now means nobody to tell.
+        if let Some(tx) = self.tx.take()
+            && tx.receiver_count() > 0
+        {
+            tx.send_replace(Some(outcome()));
         }
         stored
     }

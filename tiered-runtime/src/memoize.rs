@@ -426,7 +426,7 @@ impl Runtime {
         // A previous flight may have filled L1 between our lookup and `enter`.
         if let Some(v) = l1.and_then(|l1| l1.get(digest)) {
             Counters::bump(&c.l1_hits);
-            guard.complete(Shared::Value(Arc::new(v.clone())), || {});
+            guard.complete(|| Shared::Value(Arc::new(v.clone())), || {});
             return K::from_value(v);
         }
 
@@ -445,14 +445,17 @@ impl Runtime {
                     let promote = l1.filter(|_| remaining.is_some() && self.should_promote(site));
                     let ttl = remaining.map_or(Duration::ZERO, |r| r.min(site.options().ttl));
                     let mut promoted = false;
-                    let stored = guard.complete(Shared::Value(Arc::new(v.clone())), || {
-                        if let Some(l1) = promote
-                            && !ttl.is_zero()
-                        {
-                            l1.insert(digest, v.clone(), self.l1_ttl(ttl), epoch);
-                            promoted = true;
-                        }
-                    });
+                    let stored = guard.complete(
+                        || Shared::Value(Arc::new(v.clone())),
+                        || {
+                            if let Some(l1) = promote
+                                && !ttl.is_zero()
+                            {
+                                l1.insert(digest, v.clone(), self.l1_ttl(ttl), epoch);
+                                promoted = true;
+                            }
+                        },
+                    );
                     if promoted {
                         Counters::bump(&c.promotions);
                     } else if promote.is_some() && !stored {
@@ -479,12 +482,15 @@ impl Runtime {
                         .fill_l2(l2, site, &guard, lease, v, fingerprint, stamp)
                         .await;
                 }
-                let stored = guard.complete(Shared::Value(Arc::new(v.clone())), || {
-                    if keep && let Some(l1) = l1 {
-                        let ttl = self.l1_ttl(site.options().ttl);
-                        l1.insert(digest, v.clone(), ttl, epoch);
-                    }
-                });
+                let stored = guard.complete(
+                    || Shared::Value(Arc::new(v.clone())),
+                    || {
+                        if keep && let Some(l1) = l1 {
+                            let ttl = self.l1_ttl(site.options().ttl);
+                            l1.insert(digest, v.clone(), ttl, epoch);
+                        }
+                    },
+                );
                 if keep && !stored {
                     Counters::bump(&c.fills_refused);
                 }
@@ -496,7 +502,7 @@ impl Runtime {
                     e.count(c);
                 }
                 guard.complete(
-                    kind.share(&out).map_or(Shared::Retry, Shared::Output),
+                    || kind.share(&out).map_or(Shared::Retry, Shared::Output),
                     || {},
                 );
             }

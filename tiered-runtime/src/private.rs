@@ -238,3 +238,31 @@ pub fn prepare_as<K: ReturnKind>(
 ) -> Prepared<K> {
     crate::memoize::prepare_with(kind, site, args)
 }
+
+/// The L1 key digest of a runtime, for the micro-benchmarks (not a stable API).
+pub struct KeyDigester(crate::key::Digester);
+
+impl KeyDigester {
+    /// A digester with a fresh secret for `namespace`.
+    pub fn new(namespace: &str) -> Self {
+        KeyDigester(crate::key::Digester::new(namespace))
+    }
+
+    /// The L1 key `template` gives `values` (`None`: wrong arity, or a key longer than
+    /// [`MAX_KEY_BYTES`](crate::key::MAX_KEY_BYTES), which is rendered instead).
+    pub fn digest(
+        &self,
+        template: &crate::key::Template,
+        values: &[&(dyn fmt::Display + Sync)],
+    ) -> Option<u128> {
+        match template.digest(&self.0, values)? {
+            crate::key::Digested::Short(d) => Some(d.0),
+            crate::key::Digested::Long => None,
+        }
+    }
+
+    /// The L1 key of a key string (as an invalidation carries it).
+    pub fn of(&self, key: &str) -> u128 {
+        self.0.of(key).0
+    }
+}
