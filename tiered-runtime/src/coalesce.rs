@@ -104,6 +104,7 @@ impl Flights {
             id,
             tx: Some(tx),
             poisoned,
+            published: false,
         })
     }
 
@@ -177,12 +178,28 @@ pub(crate) struct FlightGuard<'a> {
     id: u64,
     tx: Option<watch::Sender<Option<Shared>>>,
     poisoned: Poison,
+    /// The outcome was handed out by [`publish`](Self::publish).
+    published: bool,
 }
 
 impl FlightGuard<'_> {
     /// Whether an invalidation has hit this flight since it started.
     pub(crate) fn poisoned(&self) -> bool {
         *lock(&self.poisoned)
+    }
+
+    /// Hands `outcome` to the followers waiting now, before the flight ends (the leader still
+    /// has I/O to do: its fill, or its lease release). Callers that join until the flight
+    /// ends receive it too. Without followers nothing is made, and [`complete`](Self::complete)
+    /// hands its own outcome to whoever joined meanwhile.
+    pub(crate) fn publish(&mut self, outcome: impl FnOnce() -> Shared) {
+        // One receiver is the flight's own entry in the map.
+        if let Some(tx) = &self.tx
+            && tx.receiver_count() > 1
+        {
+            tx.send_replace(Some(outcome()));
+            self.published = true;
+        }
     }
 
     /// Ends the flight and hands `outcome` to every follower. Under the flight's own lock,
@@ -204,6 +221,7 @@ impl FlightGuard<'_> {
         self.flights.detach(self.site, &self.key, self.id);
         // Detached: no follower can join any more, so no receiver now means nobody to tell.
         if let Some(tx) = self.tx.take()
+            && !self.published
             && tx.receiver_count() > 0
         {
             tx.send_replace(Some(outcome()));

@@ -232,15 +232,12 @@ impl Template {
         if values.len() != self.placeholders {
             return None;
         }
-        let mut sink = Hashing {
-            hasher: digester.base,
-            len: digester.base_len,
-        };
+        let mut sink = Hashing::new(digester);
         self.write_into(&mut sink, values);
         Some(if sink.len > MAX_KEY_BYTES {
             Digested::Long
         } else {
-            Digested::Short(Digest(sink.hasher.finish128().as_u128()))
+            Digested::Short(Digest(sink.finish()))
         })
     }
 
@@ -324,16 +321,49 @@ impl Sink for String {
     }
 }
 
+/// Streams key bytes into the digest through a stack buffer: the hasher is fed in large
+/// pieces (SipHash's per-call cost dominates for the short pieces a key is made of). The
+/// digest does not depend on how the bytes are cut.
 struct Hashing {
     hasher: SipHasher13,
     len: usize,
+    buf: [u8; HASH_BUF],
+    used: usize,
+}
+
+const HASH_BUF: usize = 128;
+
+impl Hashing {
+    fn new(digester: &Digester) -> Hashing {
+        Hashing {
+            hasher: digester.base,
+            len: digester.base_len,
+            buf: [0; HASH_BUF],
+            used: 0,
+        }
+    }
+
+    fn finish(mut self) -> u128 {
+        self.hasher.write(&self.buf[..self.used]);
+        self.hasher.finish128().as_u128()
+    }
 }
 
 impl Sink for Hashing {
     #[inline]
     fn put(&mut self, s: &str) {
-        self.len += s.len();
-        self.hasher.write(s.as_bytes());
+        let bytes = s.as_bytes();
+        self.len += bytes.len();
+        if self.used + bytes.len() > HASH_BUF {
+            self.hasher.write(&self.buf[..self.used]);
+            self.used = 0;
+            if bytes.len() > HASH_BUF {
+                self.hasher.write(bytes);
+                return;
+            }
+        }
+        self.buf[self.used..self.used + bytes.len()].copy_from_slice(bytes);
+        self.used += bytes.len();
     }
 }
 

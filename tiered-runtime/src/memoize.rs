@@ -387,7 +387,7 @@ impl Runtime {
         let inner = &*self.inner;
         let c = self.table().site(site);
         let tiers = site.options().tiers;
-        let guard = loop {
+        let mut guard = loop {
             match inner.local.flights.enter(site.name(), key.as_str()) {
                 Role::Leader(guard) => break guard,
                 Role::Follower(rx) => {
@@ -478,6 +478,8 @@ impl Runtime {
             Some(v) => {
                 let mut keep = true;
                 if let (Some(l2), Some(lease)) = (l2, lease.take()) {
+                    // The followers need not wait for the write to Redis.
+                    guard.publish(|| Shared::Value(Arc::new(v.clone())));
                     keep = self
                         .fill_l2(l2, site, &guard, lease, v, fingerprint, stamp)
                         .await;
@@ -496,15 +498,18 @@ impl Runtime {
                 }
             }
             None => {
-                if let (Some(l2), Some(lease)) = (l2, lease.take())
-                    && let Err(e) = lease.release(l2).await
-                {
-                    e.count(c);
+                let shared = kind.share(&out);
+                if let (Some(l2), Some(lease)) = (l2, lease.take()) {
+                    // Followers need not wait for the lease's release; a `Retry` is not
+                    // handed out early (they would find our lease still there).
+                    if let Some(o) = &shared {
+                        guard.publish(|| Shared::Output(o.clone()));
+                    }
+                    if let Err(e) = lease.release(l2).await {
+                        e.count(c);
+                    }
                 }
-                guard.complete(
-                    || kind.share(&out).map_or(Shared::Retry, Shared::Output),
-                    || {},
-                );
+                guard.complete(|| shared.map_or(Shared::Retry, Shared::Output), || {});
             }
         }
         out
