@@ -2,8 +2,10 @@
 //! piece shows on its own:
 //!
 //! * `key/render` and `key/digest`: the key string a miss renders, and the L1 key a hit
-//!   streams from the same arguments (no allocation); `key/digest_of_string`: the L1 key an
-//!   invalidation derives from the key string it carries.
+//!   streams from the same arguments (no allocation) through `Display`; `key/digest_parts`:
+//!   the same from the typed values the macro passes (integers and strings skip the `fmt`
+//!   machinery); `key/digest_of_string`: the L1 key an invalidation derives from the key
+//!   string it carries.
 //! * `codec/encode` and `codec/decode`: the L2 envelope of a ~200-byte value.
 //! * `l1/hit_through_site`: a memoized call answered from L1 (embedded runtime), beside
 //!   `l1/moka_sync_get` and `l1/moka_future_get` on the same value keyed by a `u64`.
@@ -19,7 +21,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use serde::{Deserialize, Serialize};
 use tiered::codec::{self, Stamp};
 use tiered::key::Template;
-use tiered::private::KeyDigester;
+use tiered::private::{KeyDigester, KeyPart};
 use tiered::{Plain, Runtime, Site, SiteOptions, memoize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +59,17 @@ fn keys(c: &mut Criterion) {
     });
     g.bench_function("digest", |b| {
         b.iter(|| digester.digest(&template, &[black_box(&tenant), black_box(&id)]))
+    });
+    g.bench_function("digest_parts", |b| {
+        b.iter(|| {
+            digester.digest_parts(
+                &template,
+                &[
+                    KeyPart::Str(black_box(tenant)),
+                    KeyPart::Unsigned(black_box(id)),
+                ],
+            )
+        })
     });
     g.bench_function("digest_of_string", |b| {
         b.iter(|| digester.of(black_box(&key)))

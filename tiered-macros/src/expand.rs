@@ -171,7 +171,7 @@ fn generate(
                 let fields = p.fields.iter().map(|f| format_ident!("{}", f));
                 if p.root == "self" {
                     uses_self = true;
-                    values.push(quote!(&self #(.#fields)*));
+                    values.push(quote!(#krate::private::key_arg(&self #(.#fields)*)));
                 } else if let Some(arg) = shape.args.iter().find(|a| a.ident == p.root) {
                     let ident = &arg.ident;
                     // Spanned at the argument's type: "X doesn't implement Display" points there.
@@ -296,8 +296,8 @@ fn generate(
             impl<T: ::core::fmt::Display + ::core::marker::Sync + ?Sized> __TieredDefaultKeyArg for T {}
             fn __tiered_default_key_arg<T: __TieredDefaultKeyArg>(
                 v: &T,
-            ) -> &(dyn ::core::fmt::Display + ::core::marker::Sync) {
-                v
+            ) -> #krate::private::ArgProbe<'_, T> {
+                #krate::private::ArgProbe::new(v)
             }
         }
     });
@@ -309,7 +309,13 @@ fn generate(
     // as it would without the attribute; the trick is tracing-attributes'.
     let body = quote_spanned! {ret_span=>
         #key_checker
-        let __tiered_prepared = #krate::private::prepare_as(#kind, #site_call, &[#(#values),*]);
+        // Integers and strings reach the key without the `fmt` machinery (autoref picks
+        // `ExactPart` for them, `AnyPart`, through `Display`, for anything else).
+        let __tiered_prepared = {
+            #[allow(unused_imports)]
+            use #krate::private::{AnyPart as _, ExactPart as _};
+            #krate::private::prepare_parts(#kind, #site_call, &[#((&&#values).key_part()),*])
+        };
         __tiered_prepared
             .run(move || async move {
                 #[allow(
@@ -354,7 +360,7 @@ fn generate(
             -> ::core::result::Result<(), #krate::Error> #where_clause
         {
             #key_checker
-            #krate::Runtime::current().invalidate(#site_call, &[#(#values),*]).await
+            #krate::Runtime::current().invalidate(#site_call, &[#(#values.as_dyn()),*]).await
         }
 
         #[doc = #companion_all_doc]

@@ -56,6 +56,18 @@ const VALUE_MASK: u128 = {
     mask | 1 << 0x7f
 };
 
+/// `PLAIN[b]`: byte `b` is written into a value as it is (ASCII outside the escape set; bytes
+/// of multi-byte characters are not plain, they take the per-character path).
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x80 {
+        t[b] = VALUE_MASK & (1 << b) == 0;
+        b += 1;
+    }
+    t
+};
+
 /// The Redis key of the runtime's own state `name` in `namespace`: `{namespace}:%~{name}`.
 /// No rendered key can be equal to it (see the module docs).
 pub(crate) fn internal(namespace: &str, name: &str) -> String {
@@ -128,6 +140,10 @@ enum Segment {
 #[derive(Debug, Clone)]
 pub struct Template {
     segments: Vec<Segment>,
+    /// The literal text around the values, delimiters included: `joints[0]` comes before
+    /// the first value, `joints[i + 1]` after value `i` (`user:<id>` is `user:<`, `>`), so
+    /// that writing a key is one piece per value and one per joint.
+    joints: Vec<String>,
     placeholders: usize,
     literal_len: usize,
 }
@@ -180,7 +196,19 @@ impl Template {
             })
             .sum();
         let placeholders = segments.iter().filter(|s| **s == Segment::Value).count();
+        let mut joints = vec![String::new()];
+        for seg in &segments {
+            let last = joints.len() - 1;
+            match seg {
+                Segment::Literal(text) => joints[last].push_str(text),
+                Segment::Value => {
+                    joints[last].push('<');
+                    joints.push(">".to_owned());
+                }
+            }
+        }
         Ok(Template {
+            joints,
             segments,
             placeholders,
             literal_len,
@@ -208,11 +236,16 @@ impl Template {
     /// Renders `{namespace}:{template}` with `values` in placeholder order, or `None` when the
     /// number of values differs from the number of placeholders.
     pub fn render(&self, namespace: &str, values: &[&(dyn Display + Sync)]) -> Option<Key> {
-        if values.len() != self.placeholders {
+        self.render_args(namespace, values)
+    }
+
+    /// [`render`](Self::render) for any form of the values.
+    pub(crate) fn render_args<A: Args + ?Sized>(&self, namespace: &str, values: &A) -> Option<Key> {
+        if values.count() != self.placeholders {
             return None;
         }
         let mut out =
-            String::with_capacity(namespace.len() + 1 + self.literal_len + 8 * values.len());
+            String::with_capacity(namespace.len() + 1 + self.literal_len + 8 * values.count());
         out.push_str(namespace);
         out.push(':');
         self.write_into(&mut out, values);
@@ -224,12 +257,12 @@ impl Template {
     /// the arity is wrong; [`Digested::Long`] when the key is longer than [`MAX_KEY_BYTES`]
     /// (its Redis form is digested: render it and use [`Digester::of`]).
     #[inline]
-    pub(crate) fn digest(
+    pub(crate) fn digest<A: Args + ?Sized>(
         &self,
         digester: &Digester,
-        values: &[&(dyn Display + Sync)],
+        values: &A,
     ) -> Option<Digested> {
-        if values.len() != self.placeholders {
+        if values.count() != self.placeholders {
             return None;
         }
         let mut sink = Hashing::new(digester);
@@ -243,19 +276,14 @@ impl Template {
 
     /// Writes the template's part of the key (everything after `{namespace}:`).
     #[inline]
-    fn write_into<S: Sink>(&self, out: &mut S, values: &[&(dyn Display + Sync)]) {
-        let mut values = values.iter();
-        for seg in &self.segments {
-            match seg {
-                Segment::Literal(text) => out.put(text),
-                Segment::Value => {
-                    out.put("<");
-                    if let Some(v) = values.next() {
-                        let _ = write!(Escaper { out: &mut *out }, "{v}");
-                    }
-                    out.put(">");
-                }
-            }
+    fn write_into<S: Sink, A: Args + ?Sized>(&self, out: &mut S, values: &A) {
+        let mut joints = self.joints.iter();
+        if let Some(first) = joints.next() {
+            out.put(first);
+        }
+        for (i, joint) in joints.enumerate() {
+            values.write_value(i, out);
+            out.put(joint);
         }
     }
 }
@@ -309,15 +337,110 @@ impl Digester {
     }
 }
 
+/// One value of a key as generated code passes it: integers and strings are written without
+/// the `fmt` machinery, with the same bytes as their `Display` output; anything else through
+/// `Display`. (Not a stable API: the macro's.)
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+pub enum KeyPart<'a> {
+    /// An unsigned integer.
+    Unsigned(u64),
+    /// A signed integer.
+    Signed(i64),
+    /// A string.
+    Str(&'a str),
+    /// Anything else.
+    Display(&'a (dyn Display + Sync)),
+}
+
+/// The values of a key, in placeholder order: `&dyn Display`s or [`KeyPart`]s.
+pub(crate) trait Args {
+    fn count(&self) -> usize;
+    /// Writes value `i`, escaped.
+    fn write_value<S: Sink>(&self, i: usize, out: &mut S);
+}
+
+impl Args for [&(dyn Display + Sync)] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    #[inline]
+    fn write_value<S: Sink>(&self, i: usize, out: &mut S) {
+        if let Some(v) = self.get(i) {
+            let _ = write!(Escaper { out }, "{v}");
+        }
+    }
+}
+
+impl Args for [KeyPart<'_>] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    #[inline]
+    fn write_value<S: Sink>(&self, i: usize, out: &mut S) {
+        match self.get(i) {
+            // Digits and `-` are never escaped.
+            Some(KeyPart::Unsigned(n)) => out.put_ascii(Digits::new(*n).as_bytes()),
+            Some(KeyPart::Signed(n)) => {
+                if *n < 0 {
+                    out.put_ascii(b"-");
+                }
+                out.put_ascii(Digits::new(n.unsigned_abs()).as_bytes());
+            }
+            Some(KeyPart::Str(s)) => {
+                let _ = fmt::Write::write_str(&mut Escaper { out }, s);
+            }
+            Some(KeyPart::Display(v)) => {
+                let _ = write!(Escaper { out }, "{v}");
+            }
+            None => {}
+        }
+    }
+}
+
+/// The decimal digits of a `u64`, as `Display` writes them.
+struct Digits {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    #[inline]
+    fn new(mut n: u64) -> Digits {
+        let mut buf = [b'0'; 20];
+        let mut start = buf.len();
+        loop {
+            start -= 1;
+            buf[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        Digits { buf, start }
+    }
+
+    #[inline]
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
 /// Where a key's bytes go: a `String`, or a digest.
-trait Sink {
+pub(crate) trait Sink {
     fn put(&mut self, s: &str);
+    /// ASCII bytes (digits, escapes).
+    fn put_ascii(&mut self, b: &[u8]);
 }
 
 impl Sink for String {
     #[inline]
     fn put(&mut self, s: &str) {
         self.push_str(s);
+    }
+    #[inline]
+    fn put_ascii(&mut self, b: &[u8]) {
+        self.extend(b.iter().map(|&b| char::from(b)));
     }
 }
 
@@ -331,9 +454,10 @@ struct Hashing {
     used: usize,
 }
 
-const HASH_BUF: usize = 128;
+const HASH_BUF: usize = 64;
 
 impl Hashing {
+    #[inline(always)]
     fn new(digester: &Digester) -> Hashing {
         Hashing {
             hasher: digester.base,
@@ -343,7 +467,8 @@ impl Hashing {
         }
     }
 
-    fn finish(mut self) -> u128 {
+    #[inline(always)]
+    fn finish(&mut self) -> u128 {
         self.hasher.write(&self.buf[..self.used]);
         self.hasher.finish128().as_u128()
     }
@@ -352,7 +477,10 @@ impl Hashing {
 impl Sink for Hashing {
     #[inline]
     fn put(&mut self, s: &str) {
-        let bytes = s.as_bytes();
+        self.put_ascii(s.as_bytes());
+    }
+    #[inline]
+    fn put_ascii(&mut self, bytes: &[u8]) {
         self.len += bytes.len();
         if self.used + bytes.len() > HASH_BUF {
             self.hasher.write(&self.buf[..self.used]);
@@ -362,7 +490,10 @@ impl Sink for Hashing {
                 return;
             }
         }
-        self.buf[self.used..self.used + bytes.len()].copy_from_slice(bytes);
+        // Byte by byte: the pieces are a few bytes long, shorter than a `memcpy` call costs.
+        for (slot, b) in self.buf[self.used..].iter_mut().zip(bytes) {
+            *slot = *b;
+        }
         self.used += bytes.len();
     }
 }
@@ -376,17 +507,15 @@ fn must_escape(c: char) -> bool {
 }
 
 /// Writes `Display` output into the key, percent-encoding the value escape set.
-struct Escaper<'a, S: Sink> {
+struct Escaper<'a, S: Sink + ?Sized> {
     out: &'a mut S,
 }
 
-impl<S: Sink> fmt::Write for Escaper<'_, S> {
+impl<S: Sink + ?Sized> fmt::Write for Escaper<'_, S> {
     #[inline]
     fn write_str(&mut self, s: &str) -> fmt::Result {
         // Fast path, one pass over the bytes: plain ASCII with nothing to encode.
-        if s.bytes()
-            .all(|b| b < 0x80 && VALUE_MASK & (1u128 << b) == 0)
-        {
+        if s.bytes().all(|b| PLAIN[usize::from(b)]) {
             self.out.put(s);
             return Ok(());
         }
@@ -396,11 +525,8 @@ impl<S: Sink> fmt::Write for Escaper<'_, S> {
             let bytes = c.encode_utf8(&mut buf);
             if must_escape(c) {
                 for b in bytes.bytes() {
-                    let enc = [b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]];
-                    // ASCII only, so always valid UTF-8.
-                    if let Ok(enc) = std::str::from_utf8(&enc) {
-                        self.out.put(enc);
-                    }
+                    self.out
+                        .put_ascii(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
                 }
             } else {
                 self.out.put(bytes);
@@ -495,6 +621,10 @@ mod tests {
         );
     }
 
+    fn dyns<'a>(v: &'a [&'a (dyn Display + Sync)]) -> &'a [&'a (dyn Display + Sync)] {
+        v
+    }
+
     /// The L1 key streamed from the arguments is the digest of the rendered key, for every
     /// kind of value (escapes, multi-byte characters, `Display` impls that write in pieces),
     /// and a long key is reported as such.
@@ -523,7 +653,7 @@ mod tests {
             let t = Template::parse(t).map_err(|e| e.0);
             let Ok(t) = t else { panic!("{t:?}") };
             let key = t.render("ns", v).map(Key::into_string).unwrap_or_default();
-            match t.digest(&d, v) {
+            match t.digest(&d, &v[..]) {
                 Some(Digested::Short(digest)) => {
                     assert_eq!(digest, d.of(&key), "{key}");
                     assert_ne!(digest, other.of(&key), "keyed per runtime");
@@ -534,8 +664,8 @@ mod tests {
         let long = "v".repeat(MAX_KEY_BYTES);
         let t = Template::parse("k:<v>").map_err(|e| e.0);
         let Ok(t) = t else { panic!("{t:?}") };
-        assert!(matches!(t.digest(&d, &[&long]), Some(Digested::Long)));
-        assert!(t.digest(&d, &[]).is_none(), "wrong arity");
+        assert!(matches!(t.digest(&d, dyns(&[&long])), Some(Digested::Long)));
+        assert!(t.digest(&d, dyns(&[])).is_none(), "wrong arity");
         // Right at the limit: still short, and equal to the rendered key's digest.
         let fits = "v".repeat(MAX_KEY_BYTES - "ns:k:<>".len());
         let key = t
@@ -543,17 +673,33 @@ mod tests {
             .map(Key::into_string)
             .unwrap_or_default();
         assert_eq!(key.len(), MAX_KEY_BYTES);
-        assert!(matches!(t.digest(&d, &[&fits]), Some(Digested::Short(x)) if x == d.of(&key)));
+        assert!(
+            matches!(t.digest(&d, dyns(&[&fits])), Some(Digested::Short(x)) if x == d.of(&key))
+        );
     }
 
     proptest::proptest! {
+        /// Integers and strings passed as [`KeyPart`]s render exactly as through `Display`.
+        #[test]
+        fn key_parts_render_like_display(u in proptest::num::u64::ANY, i in proptest::num::i64::ANY, s in ".{0,20}") {
+            let t = Template::parse("p:<u>/<i>/<s>").map_err(|e| e.0);
+            let Ok(t) = t else { panic!("{t:?}") };
+            let display = t.render("ns", &[&u, &i, &s]);
+            let parts = t.render_args("ns", &[KeyPart::Unsigned(u), KeyPart::Signed(i), KeyPart::Str(&s)][..]);
+            proptest::prop_assert_eq!(&display, &parts);
+            let d = Digester::new("ns");
+            let key = display.map(Key::into_string).unwrap_or_default();
+            let streamed = t.digest(&d, &[KeyPart::Unsigned(u), KeyPart::Signed(i), KeyPart::Str(&s)][..]);
+            proptest::prop_assert!(matches!(streamed, Some(Digested::Short(x)) if x == d.of(&key)));
+        }
+
         #[test]
         fn streamed_digest_matches_for_any_values(a in ".{0,40}", b in proptest::num::u64::ANY) {
             let d = Digester::new("p");
             let t = Template::parse("x:<a>/<b>").map_err(|e| e.0);
             let Ok(t) = t else { panic!("{t:?}") };
             let key = t.render("p", &[&a, &b]).map(Key::into_string).unwrap_or_default();
-            let streamed = t.digest(&d, &[&a, &b]);
+            let streamed = t.digest(&d, dyns(&[&a, &b]));
             proptest::prop_assert!(matches!(streamed, Some(Digested::Short(x)) if x == d.of(&key)));
         }
     }

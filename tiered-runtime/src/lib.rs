@@ -50,7 +50,8 @@
 //! * **L1** is one typed Moka cache per memoized function and runtime, so a hit clones the
 //!   value straight out of Moka (no decoding, no type erasure); `l1_max_entries` bounds each
 //!   function's L1. Entries are keyed by a 128-bit keyed digest (SipHash-1-3, random secret
-//!   per runtime) of the key's bytes, streamed from the arguments' `Display` output: a hit
+//!   per runtime) of the key's bytes, streamed from the arguments (integers and strings
+//!   directly, with the bytes their `Display` writes; other types through `Display`): a hit
 //!   renders no key string and allocates nothing; the key string is rendered on a miss only,
 //!   and an invalidation received for a key string evicts the entry of the same digest. Keys
 //!   longer than 1024 bytes (digested in Redis) are rendered on every call. TTL = min(site

@@ -15,7 +15,7 @@ use crate::coalesce::{FlightGuard, Role, Shared, follow};
 use crate::codec::{self, DecodeError, Stamp};
 use crate::coherence::generations;
 use crate::coherence::lease::Lease;
-use crate::key::{Digested, Key, MAX_KEY_BYTES};
+use crate::key::{Args, Digested, Key, MAX_KEY_BYTES};
 use crate::l1::TypedL1;
 use crate::l2::{L2, millis};
 use crate::runtime::{Runtime, with_current};
@@ -264,15 +264,15 @@ pub fn prepare<K: ReturnKind + Default>(
 }
 
 /// [`prepare`] with the kind given as a value.
-pub(crate) fn prepare_with<K: ReturnKind>(
+pub(crate) fn prepare_with<K: ReturnKind, A: Args + ?Sized>(
     kind: K,
     site: &'static Site,
-    args: &[&(dyn Display + Sync)],
+    args: &A,
 ) -> Prepared<K> {
     Prepared {
         site,
         kind,
-        lookup: with_current(|rt| rt.lookup::<K::Value>(site, args)),
+        lookup: with_current(|rt| rt.lookup::<K::Value, A>(site, args)),
     }
 }
 
@@ -313,10 +313,10 @@ impl Runtime {
     ///
     /// [`Template::digest`]: crate::key::Template::digest
     #[inline]
-    pub(crate) fn lookup<V: Clone + Send + Sync + 'static>(
+    pub(crate) fn lookup<V: Clone + Send + Sync + 'static, A: Args + ?Sized>(
         &self,
         site: &'static Site,
-        args: &[&(dyn Display + Sync)],
+        args: &A,
     ) -> Lookup<V> {
         if site.options().tiers.l1()
             && let Ok(template) = site.compiled()
@@ -337,10 +337,10 @@ impl Runtime {
 
     /// The rest of [`lookup`](Self::lookup): renders the key (a long key, whose L1 key is the
     /// digest of its Redis form, is looked up in L1 here).
-    fn render_miss<V: Clone + Send + Sync + 'static>(
+    fn render_miss<V: Clone + Send + Sync + 'static, A: Args + ?Sized>(
         &self,
         site: &'static Site,
-        args: &[&(dyn Display + Sync)],
+        args: &A,
     ) -> Lookup<V> {
         let Some(key) = self.render(site, args) else {
             return Lookup::Bypass;

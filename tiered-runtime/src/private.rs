@@ -226,8 +226,103 @@ pub trait KeyArg: fmt::Display + Sync {}
 impl<T: fmt::Display + Sync + ?Sized> KeyArg for T {}
 
 /// A value the key template names, as the key takes it.
-pub fn key_arg<T: KeyArg>(v: &T) -> &(dyn fmt::Display + Sync) {
-    v
+pub fn key_arg<T: KeyArg>(v: &T) -> ArgProbe<'_, T> {
+    ArgProbe::new(v)
+}
+
+pub use crate::key::KeyPart;
+
+/// A key value with its type, so that `(&&probe).key_part()` can pick a [`KeyPart`] that is
+/// written without the `fmt` machinery (integers, strings: [`ExactPart`]) and fall back to
+/// `Display` ([`AnyPart`]) by autoref specialization.
+pub struct ArgProbe<'a, T> {
+    typed: &'a T,
+    erased: &'a (dyn fmt::Display + Sync),
+}
+
+impl<'a, T: fmt::Display + Sync> ArgProbe<'a, T> {
+    /// The probe of `v`.
+    pub fn new(v: &'a T) -> Self {
+        ArgProbe {
+            typed: v,
+            erased: v,
+        }
+    }
+}
+
+impl<'a, T> ArgProbe<'a, T> {
+    /// The value as `Display` (for the generated `invalidate_*` functions).
+    pub fn as_dyn(&self) -> &'a (dyn fmt::Display + Sync) {
+        self.erased
+    }
+}
+
+/// A key value of a type written directly (integers, strings).
+pub trait ExactPart<'a> {
+    /// The value as the key takes it.
+    fn key_part(&self) -> KeyPart<'a>;
+}
+
+/// Any other key value: through `Display`.
+pub trait AnyPart<'a> {
+    /// The value as the key takes it.
+    fn key_part(&self) -> KeyPart<'a>;
+}
+
+impl<'a, T> AnyPart<'a> for ArgProbe<'a, T> {
+    fn key_part(&self) -> KeyPart<'a> {
+        KeyPart::Display(self.erased)
+    }
+}
+
+macro_rules! exact_parts {
+    ($variant:ident as $wide:ty: $($t:ty),*) => {$(
+        impl<'a> ExactPart<'a> for &ArgProbe<'a, $t> {
+            #[inline]
+            fn key_part(&self) -> KeyPart<'a> {
+                KeyPart::$variant(*self.typed as $wide)
+            }
+        }
+        impl<'a> ExactPart<'a> for &ArgProbe<'a, &$t> {
+            #[inline]
+            fn key_part(&self) -> KeyPart<'a> {
+                KeyPart::$variant(**self.typed as $wide)
+            }
+        }
+    )*};
+}
+exact_parts!(Unsigned as u64: u8, u16, u32, u64, usize);
+exact_parts!(Signed as i64: i8, i16, i32, i64, isize);
+
+impl<'a> ExactPart<'a> for &ArgProbe<'a, String> {
+    #[inline]
+    fn key_part(&self) -> KeyPart<'a> {
+        KeyPart::Str(self.typed.as_str())
+    }
+}
+
+impl<'a> ExactPart<'a> for &ArgProbe<'a, &str> {
+    #[inline]
+    fn key_part(&self) -> KeyPart<'a> {
+        KeyPart::Str(self.typed)
+    }
+}
+
+impl<'a> ExactPart<'a> for &ArgProbe<'a, &String> {
+    #[inline]
+    fn key_part(&self) -> KeyPart<'a> {
+        KeyPart::Str(self.typed.as_str())
+    }
+}
+
+/// [`prepare`] with the kind given as a value and the key's values as [`KeyPart`]s (what
+/// generated code calls).
+pub fn prepare_parts<K: ReturnKind>(
+    kind: K,
+    site: &'static crate::Site,
+    parts: &[KeyPart<'_>],
+) -> Prepared<K> {
+    crate::memoize::prepare_with(kind, site, parts)
 }
 
 /// [`prepare`] with the kind given as a value (so generated code can obtain it by inference).
@@ -256,6 +351,18 @@ impl KeyDigester {
         values: &[&(dyn fmt::Display + Sync)],
     ) -> Option<u128> {
         match template.digest(&self.0, values)? {
+            crate::key::Digested::Short(d) => Some(d.0),
+            crate::key::Digested::Long => None,
+        }
+    }
+
+    /// [`digest`](Self::digest) of values given as [`KeyPart`]s (what generated code passes).
+    pub fn digest_parts(
+        &self,
+        template: &crate::key::Template,
+        parts: &[KeyPart<'_>],
+    ) -> Option<u128> {
+        match template.digest(&self.0, parts)? {
             crate::key::Digested::Short(d) => Some(d.0),
             crate::key::Digested::Long => None,
         }

@@ -14,7 +14,7 @@ use crate::coherence::local::{FlushReason, Local};
 use crate::coherence::message::{self, Action};
 use crate::config::{Builder, Config};
 use crate::error::{Error, Result};
-use crate::key::Key;
+use crate::key::{Args, Key};
 use crate::l1::TypedL1;
 use crate::l2::L2;
 use crate::site::Site;
@@ -251,14 +251,18 @@ impl Runtime {
 
     /// The key `site` renders for `args` in this runtime's namespace.
     pub fn key(&self, site: &'static Site, args: &[&(dyn Display + Sync)]) -> Result<Key> {
+        self.key_args(site, args)
+    }
+
+    pub(crate) fn key_args<A: Args + ?Sized>(&self, site: &'static Site, args: &A) -> Result<Key> {
         match site.compiled() {
             Ok(t) => t
-                .render(&self.inner.config.namespace, args)
+                .render_args(&self.inner.config.namespace, args)
                 .ok_or(Error::KeyArity {
                     site: site.name(),
                     template: site.template(),
                     expected: t.placeholders(),
-                    got: args.len(),
+                    got: args.count(),
                 }),
             Err(e) => Err(Error::config(
                 "key",
@@ -268,18 +272,14 @@ impl Runtime {
     }
 
     #[inline]
-    pub(crate) fn render(
-        &self,
-        site: &'static Site,
-        args: &[&(dyn Display + Sync)],
-    ) -> Option<Key> {
+    pub(crate) fn render<A: Args + ?Sized>(&self, site: &'static Site, args: &A) -> Option<Key> {
         if let Ok(t) = site.compiled()
-            && let Some(key) = t.render(&self.inner.config.namespace, args)
+            && let Some(key) = t.render_args(&self.inner.config.namespace, args)
         {
             return Some(key);
         }
         if Site::first_time(&site.warned_template) {
-            let reason = self.key(site, args).err().map(|e| e.to_string());
+            let reason = self.key_args(site, args).err().map(|e| e.to_string());
             tracing::error!(
                 site = site.name(),
                 reason,
