@@ -678,6 +678,20 @@ mod tests {
         );
     }
 
+    /// The integer edges render through [`KeyPart`] exactly as through `Display`.
+    #[test]
+    fn key_part_integer_edges_render_like_display() {
+        let t = Template::parse("n:<u>/<i>").map_err(|e| e.0);
+        let Ok(t) = t else { panic!("{t:?}") };
+        for u in [0, 1, 9, 10, 99, 100, u64::from(u32::MAX), u64::MAX] {
+            for i in [i64::MIN, -10, -9, -1, 0, 1, 10, i64::MAX] {
+                let display = t.render("ns", &[&u, &i]);
+                let parts = t.render_args("ns", &[KeyPart::Unsigned(u), KeyPart::Signed(i)][..]);
+                assert_eq!(display, parts, "{u} {i}");
+            }
+        }
+    }
+
     proptest::proptest! {
         /// Integers and strings passed as [`KeyPart`]s render exactly as through `Display`.
         #[test]
