@@ -10,6 +10,7 @@
 //! Only connectivity failures count (timeouts, I/O errors, refused credentials): a server reply
 //! such as `OOM` for one large `SET` says nothing about the link and must not stop `DEL`s.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,8 @@ pub(crate) enum Admission<'a> {
 
 pub(crate) struct Breaker {
     state: Mutex<State>,
+    /// `state` is `Closed { failures: 0 }`: the hot path's answer without taking the lock.
+    healthy: AtomicBool,
     threshold: u32,
     cooldown: Duration,
     addr: String,
@@ -52,6 +55,7 @@ impl Breaker {
     ) -> Self {
         Breaker {
             state: Mutex::new(State::Closed { failures: 0 }),
+            healthy: AtomicBool::new(true),
             threshold,
             cooldown,
             addr,
@@ -64,18 +68,27 @@ impl Breaker {
         true
     }
 
+    fn set(&self, s: &mut State, new: State) {
+        *s = new;
+        self.healthy
+            .store(new == State::Closed { failures: 0 }, Ordering::Release);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn admit(&self) -> (Admission<'_>, Transitioned) {
+        if self.healthy.load(Ordering::Acquire) {
+            return (Admission::Pass, false);
+        }
         let mut s = self.lock();
         match *s {
             State::Closed { .. } => (Admission::Pass, false),
             State::HalfOpen => (Admission::Reject, false),
             State::Open { until } if Instant::now() < until => (Admission::Reject, false),
             State::Open { .. } => {
-                *s = State::HalfOpen;
+                self.set(&mut s, State::HalfOpen);
                 (
                     Admission::Probe(ProbePermit {
                         breaker: self,
@@ -94,15 +107,18 @@ impl Breaker {
 
     /// A passing operation succeeded.
     pub(crate) fn success(&self) -> Transitioned {
+        if self.healthy.load(Ordering::Acquire) {
+            return false;
+        }
         let mut s = self.lock();
         match *s {
             State::Closed { failures: 0 } => false,
             State::Closed { .. } => {
-                *s = State::Closed { failures: 0 };
+                self.set(&mut s, State::Closed { failures: 0 });
                 false
             }
             State::Open { .. } | State::HalfOpen => {
-                *s = State::Closed { failures: 0 };
+                self.set(&mut s, State::Closed { failures: 0 });
                 tracing::info!(redis = %self.addr, "tiered: L2 circuit breaker closed, Redis is answering again");
                 self.moved()
             }
@@ -114,9 +130,12 @@ impl Breaker {
         let mut s = self.lock();
         match *s {
             State::Closed { failures } if failures + 1 >= self.threshold => {
-                *s = State::Open {
-                    until: Instant::now() + self.cooldown,
-                };
+                self.set(
+                    &mut s,
+                    State::Open {
+                        until: Instant::now() + self.cooldown,
+                    },
+                );
                 tracing::warn!(
                     redis = %self.addr,
                     failures = failures + 1,
@@ -126,9 +145,12 @@ impl Breaker {
                 self.moved()
             }
             State::Closed { failures } => {
-                *s = State::Closed {
-                    failures: failures + 1,
-                };
+                self.set(
+                    &mut s,
+                    State::Closed {
+                        failures: failures + 1,
+                    },
+                );
                 false
             }
             // Failures reported by operations admitted before the breaker opened.
@@ -147,12 +169,15 @@ impl Breaker {
             return false;
         }
         if ok {
-            *s = State::Closed { failures: 0 };
+            self.set(&mut s, State::Closed { failures: 0 });
             tracing::info!(redis = %self.addr, "tiered: L2 circuit breaker closed after a successful probe");
         } else {
-            *s = State::Open {
-                until: Instant::now() + self.cooldown,
-            };
+            self.set(
+                &mut s,
+                State::Open {
+                    until: Instant::now() + self.cooldown,
+                },
+            );
             tracing::debug!(redis = %self.addr, "tiered: L2 probe failed; breaker stays open");
         }
         self.moved()
@@ -178,9 +203,12 @@ impl Drop for ProbePermit<'_> {
         if !self.done {
             let mut s = self.breaker.lock();
             if *s == State::HalfOpen {
-                *s = State::Open {
-                    until: Instant::now(),
-                };
+                self.breaker.set(
+                    &mut s,
+                    State::Open {
+                        until: Instant::now(),
+                    },
+                );
                 self.breaker.moved();
             }
         }

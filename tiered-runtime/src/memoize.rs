@@ -537,7 +537,9 @@ impl Runtime {
         };
         let cfg = &inner.config;
         let gens = &inner.local.generations;
-        let gen_key = generations::key(&cfg.namespace);
+        // Named only when the cached generations cannot be trusted (rare): no allocation
+        // otherwise.
+        let mut gen_key = String::new();
         let token = codec::lease(&token());
         let mut deadline = None;
         let mut delay = Duration::from_millis(5);
@@ -556,6 +558,9 @@ impl Runtime {
                 token.clone(),
                 cfg.lease_ttl,
             );
+            if known.is_err() && gen_key.is_empty() {
+                gen_key = generations::key(&cfg.namespace);
+            }
             let ask = known.is_err().then_some((gen_key.as_str(), site.name()));
             let reply = match l2
                 .read(key.as_str(), lease.bytes(), cfg.lease_ttl, with_pttl, ask)

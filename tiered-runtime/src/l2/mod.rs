@@ -8,6 +8,7 @@ mod single;
 
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::breaker::{Admission, Breaker};
@@ -120,6 +121,13 @@ fn is_syntax_error(e: &redis::RedisError) -> bool {
     describe(e).contains("syntax error")
 }
 
+/// What [`L2::exec_req`] sends.
+#[derive(Clone, Copy)]
+pub(crate) enum Request<'a> {
+    Pipe(&'a redis::Pipeline),
+    Cmd(&'a redis::Cmd),
+}
+
 /// The form of a flight's read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Form {
@@ -173,6 +181,7 @@ pub(crate) struct L2 {
     /// Until then, Redis is taken to refuse writes (`OOM` under `noeviction`, `READONLY` on a
     /// replica): reads skip the lease and use a plain `GET`.
     writes_refused_until: Mutex<Option<Instant>>,
+    writes_ever_refused: AtomicBool,
     stats: Arc<SiteTable>,
 }
 
@@ -200,6 +209,7 @@ impl L2 {
             timeout: config.l2_timeout,
             last_server_warn: Mutex::new(None),
             writes_refused_until: Mutex::new(None),
+            writes_ever_refused: AtomicBool::new(false),
             stats,
         })
     }
@@ -247,6 +257,7 @@ impl L2 {
             .await
         {
             Err(L2Error::Failed(e)) if is_write_refused(&e) => {
+                self.writes_ever_refused.store(true, Ordering::Relaxed);
                 *self
                     .writes_refused_until
                     .lock()
@@ -278,10 +289,13 @@ impl L2 {
     }
 
     fn writes_refused(&self) -> bool {
-        self.writes_refused_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|until| Instant::now() < until)
+        // Lock-free when Redis never refused a write (the hot path's case).
+        self.writes_ever_refused.load(Ordering::Relaxed)
+            && self
+                .writes_refused_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|until| Instant::now() < until)
     }
 
     async fn read_only(
@@ -305,6 +319,23 @@ impl L2 {
         with_pttl: bool,
         generations: Option<(&str, &str)>,
     ) -> Result<ReadReply, L2Error> {
+        if form == Form::SetNxGet && !with_pttl && generations.is_none() {
+            // The hit path: one command, sent as such (no pipeline around it).
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key)
+                .arg(lease)
+                .arg("NX")
+                .arg("GET")
+                .arg("PX")
+                .arg(millis(lease_ttl));
+            let value: Option<Vec<u8>> = self.exec_req(Request::Cmd(&cmd)).await?;
+            return Ok(ReadReply {
+                leased: value.is_none(),
+                value,
+                pttl: None,
+                generations: None,
+            });
+        }
         let mut p = redis::pipe();
         match form {
             Form::SetNxGet => {
@@ -487,13 +518,19 @@ impl L2 {
     }
 
     async fn exec<T: redis::FromRedisValue>(&self, p: &redis::Pipeline) -> Result<T, L2Error> {
+        self.exec_req(Request::Pipe(p)).await
+    }
+
+    /// One request (a pipeline, or a single command: cheaper through redis-rs) under the
+    /// breaker and the time box.
+    async fn exec_req<T: redis::FromRedisValue>(&self, req: Request<'_>) -> Result<T, L2Error> {
         let (admission, _) = self.breaker.admit();
         let permit = match admission {
             Admission::Reject => return Err(L2Error::Skipped("circuit breaker open")),
             Admission::Pass => None,
             Admission::Probe(p) => Some(p),
         };
-        let result = match tokio::time::timeout(self.timeout, self.run(p)).await {
+        let result = match tokio::time::timeout(self.timeout, self.run(req)).await {
             Err(_) => Err(L2Error::Timeout),
             Ok(r) => r,
         };
@@ -523,9 +560,9 @@ impl L2 {
         result
     }
 
-    async fn run<T: redis::FromRedisValue>(&self, p: &redis::Pipeline) -> Result<T, L2Error> {
+    async fn run<T: redis::FromRedisValue>(&self, req: Request<'_>) -> Result<T, L2Error> {
         match &self.backend {
-            Backend::Single(s) => s.query(p).await,
+            Backend::Single(s) => s.query(req).await,
         }
     }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::Notify;
 
-use super::{L2Error, describe, is_auth};
+use super::{L2Error, Request, describe, is_auth};
 use crate::breaker::Breaker;
 use crate::config::{Config, LeaseRead, RedisTarget};
 use crate::error::Error;
@@ -250,12 +250,16 @@ impl Single {
 
     pub(crate) async fn query<T: redis::FromRedisValue>(
         &self,
-        p: &redis::Pipeline,
+        req: Request<'_>,
     ) -> Result<T, L2Error> {
         let Some((id, mut conn)) = self.checkout() else {
             return Err(L2Error::Skipped("not connected"));
         };
-        match p.query_async::<T>(&mut conn).await {
+        let reply = match req {
+            Request::Pipe(p) => p.query_async::<T>(&mut conn).await,
+            Request::Cmd(c) => c.query_async::<T>(&mut conn).await,
+        };
+        match reply {
             Ok(v) => Ok(v),
             Err(e) => {
                 if e.is_connection_dropped()
