@@ -871,6 +871,18 @@ async fn l2_hits_are_served_while_redis_refuses_writes() {
         None,
         "deleted in Redis, not refilled"
     );
+    // A group invalidation writes (it raises a generation): refused, it is an `Err` that names
+    // the cause, and nothing retries it in a loop.
+    let err = a
+        .invalidate_site(&USER)
+        .await
+        .expect_err("a group invalidation under OOM fails");
+    assert!(err.to_string().contains("OOM"), "{err}");
+    redis.reset_stats();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes = redis.calls("eval") + redis.calls("hincrby");
+    println!("group invalidation under OOM: `{err}`; scripts/HINCRBY in the next second: {writes}");
+    assert!(writes <= 10, "{writes} write attempts in one second");
     redis.cmd::<()>(&[b"CONFIG", b"SET", b"maxmemory", b"0"]);
 }
 
