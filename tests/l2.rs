@@ -30,6 +30,7 @@ const fn opts(promote: u32) -> SiteOptions {
         tiers: Tiers::Both,
         promote,
         version: 0,
+        jitter: None,
     }
 }
 
@@ -192,6 +193,7 @@ static LONG_TTL: Site = Site::new(
         tiers: Tiers::Both,
         promote: 1,
         version: 0,
+        jitter: None,
     },
 );
 
@@ -957,4 +959,55 @@ async fn pipelined_lease_read_for_servers_before_7() {
     assert_eq!(calls.get(), runs, "an L2 hit under OOM");
     assert!(b.stats().total.l2_reads_without_lease >= 1);
     redis.cmd::<()>(&[b"CONFIG", b"SET", b"maxmemory", b"0"]);
+}
+
+/// `jitter = "10%"`: 1000 values written together get lifetimes spread over the last 10 % of
+/// their TTL, never longer than the TTL (what Redis holds: each key's `PTTL`).
+#[tiered::tiered_cache(key = "jit:<id>", ttl = "100s", jitter = "10%")]
+async fn jittered(id: u64) -> u64 {
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_jitter_spreads_expirations_within_the_bound() {
+    let redis = RedisServer::start();
+    let rt = runtime(&redis, 10).await;
+    let start = Instant::now();
+    for id in 0..1000u64 {
+        assert_eq!(rt.scope(jittered(id)).await, id);
+    }
+    let elapsed = start.elapsed().as_millis() as i64;
+    let mut conn = redis.conn();
+    let mut pipe = redis::pipe();
+    for id in 0..1000u64 {
+        pipe.cmd("PTTL").arg(format!("t:jit:<{id}>"));
+    }
+    let pttls: Vec<i64> = pipe.query(&mut conn).expect("PTTL");
+    let (min, max) = (
+        pttls.iter().copied().min().unwrap_or(0),
+        pttls.iter().copied().max().unwrap_or(0),
+    );
+    println!(
+        "jitter 10 % of 100 s: 1000 expirations spread over {} ms (min {min} ms, max {max} ms; writes took {elapsed} ms)",
+        max - min
+    );
+    assert!(max <= 100_000, "no lifetime beyond the TTL: {max}");
+    assert!(
+        min >= 90_000 - elapsed - 1000,
+        "no lifetime shortened by more than 10 %: {min}"
+    );
+    assert!(
+        max - min >= 5_000,
+        "spread over at least half the window: {}",
+        max - min
+    );
+}
+
+#[test]
+fn ttl_jitter_is_a_percentage() {
+    let err = tiered::Runtime::builder()
+        .ttl_jitter(101)
+        .validate()
+        .expect_err("101 %");
+    assert!(err.to_string().contains("ttl_jitter"), "{err}");
 }

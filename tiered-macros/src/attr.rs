@@ -29,6 +29,8 @@ pub(crate) struct Options {
     pub(crate) promote: u32,
     pub(crate) tiers: Tiers,
     pub(crate) version: u32,
+    /// `jitter = "10%"`: percent of the TTL an entry's lifetime is shortened by, at random.
+    pub(crate) jitter: Option<u8>,
     pub(crate) returns: Option<(Returns, Span)>,
     /// The `Self` type as written, passed down by `#[tiered_cache]` on the enclosing `impl`.
     pub(crate) self_type: Option<String>,
@@ -45,7 +47,8 @@ impl Options {
     }
 }
 
-const KNOWN: &str = "`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`, `returns`, `crate`";
+const KNOWN: &str =
+    "`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`, `jitter`, `returns`, `crate`";
 const STRATEGIES: &[(&str, u64)] = &[
     ("RealTime", 10_000),
     ("ShortTerm", 300_000),
@@ -61,6 +64,7 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Options {
         promote: 0,
         tiers: Tiers::Both,
         version: 0,
+        jitter: None,
         returns: None,
         self_type: None,
         krate: None,
@@ -136,6 +140,20 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Options {
             "version" => {
                 if let Some(n) = int(&m.value, "version", errors) {
                     o.version = n;
+                }
+            }
+            "jitter" => {
+                if let Some(lit) = string(&m.value, "jitter", errors) {
+                    match parse_jitter(&lit.value()) {
+                        Some(p) => o.jitter = Some(p),
+                        None => errors.at(
+                            lit.span(),
+                            format!(
+                                "`jitter` takes a percentage of the TTL from \"0%\" to \"100%\", e.g. \"10%\"; {:?} is not one",
+                                lit.value()
+                            ),
+                        ),
+                    }
                 }
             }
             "tiers" => {
@@ -233,6 +251,15 @@ fn string(value: &Expr, name: &str, errors: &mut Errors) -> Option<LitStr> {
             None
         }
     }
+}
+
+/// `"10%"` → 10; whole percentages from 0 to 100.
+fn parse_jitter(text: &str) -> Option<u8> {
+    let digits = text.trim().strip_suffix('%')?.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u8>().ok().filter(|p| *p <= 100)
 }
 
 fn int(value: &Expr, name: &str, errors: &mut Errors) -> Option<u32> {

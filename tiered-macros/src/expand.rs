@@ -241,6 +241,10 @@ fn generate(
         Tiers::Both => quote!(Both),
     };
     let (promote, version) = (opts.promote, opts.version);
+    let jitter = match opts.jitter {
+        Some(p) => quote!(::core::option::Option::Some(#p)),
+        None => quote!(::core::option::Option::None),
+    };
 
     let companion_args = shape
         .args
@@ -350,6 +354,7 @@ fn generate(
                     tiers: #krate::Tiers::#tiers,
                     promote: #promote,
                     version: #version,
+                    jitter: #jitter,
                 },
             );
             &__TIERED_SITE

@@ -84,6 +84,7 @@ pub struct Builder {
     degraded_l1_ttl: Duration,
     bus_queue: usize,
     lease_read: LeaseRead,
+    ttl_jitter: u8,
     deferred: Option<(&'static str, String)>,
 }
 
@@ -120,6 +121,7 @@ impl Default for Builder {
             degraded_l1_ttl: DEFAULT_DEGRADED_L1_TTL,
             bus_queue: DEFAULT_BUS_QUEUE,
             lease_read: LeaseRead::Auto,
+            ttl_jitter: 0,
             deferred: None,
         }
     }
@@ -261,6 +263,14 @@ impl Builder {
         self
     }
 
+    /// Default TTL jitter in percent (0–100) for functions without their own `jitter`: each
+    /// value written gets a lifetime shortened by a random 0 to `percent` % of its TTL, so that
+    /// entries written together (a cold start) do not all expire in the same second. Default 0.
+    pub fn ttl_jitter(mut self, percent: u8) -> Self {
+        self.ttl_jitter = percent;
+        self
+    }
+
     /// Checks every value and returns the validated configuration.
     pub fn validate(mut self) -> Result<Config> {
         if let Some((field, reason)) = self.deferred {
@@ -291,6 +301,9 @@ impl Builder {
         if self.bus_queue > MAX_BUS_QUEUE {
             return Err(Error::config("bus_queue", "must be at most 1048576"));
         }
+        if self.ttl_jitter > 100 {
+            return Err(Error::config("ttl_jitter", "is a percentage: at most 100"));
+        }
         Ok(self.into_config(redis))
     }
 
@@ -313,6 +326,7 @@ impl Builder {
             degraded_l1_ttl: self.degraded_l1_ttl,
             bus_queue: self.bus_queue,
             lease_read: self.lease_read,
+            ttl_jitter: self.ttl_jitter,
         }
     }
 
@@ -357,6 +371,7 @@ pub struct Config {
     pub(crate) degraded_l1_ttl: Duration,
     pub(crate) bus_queue: usize,
     pub(crate) lease_read: LeaseRead,
+    pub(crate) ttl_jitter: u8,
 }
 
 impl std::fmt::Debug for Config {
@@ -409,6 +424,10 @@ impl Config {
     /// Longest wait for another process's lease.
     pub fn lease_wait(&self) -> Duration {
         self.lease_wait
+    }
+    /// Default TTL jitter in percent.
+    pub fn ttl_jitter(&self) -> u8 {
+        self.ttl_jitter
     }
 }
 

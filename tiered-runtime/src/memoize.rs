@@ -474,6 +474,8 @@ impl Runtime {
         Counters::bump(&c.misses);
         Counters::bump(&c.computations);
         let out = body().await;
+        // The lifetime of what this flight writes, in L2 and L1 alike (jittered).
+        let ttl = self.write_ttl(site);
         match K::cached(&out) {
             Some(v) => {
                 let mut keep = true;
@@ -481,15 +483,14 @@ impl Runtime {
                     // The followers need not wait for the write to Redis.
                     guard.publish(|| Shared::Value(Arc::new(v.clone())));
                     keep = self
-                        .fill_l2(l2, site, &guard, lease, v, fingerprint, stamp)
+                        .fill_l2(l2, site, &guard, lease, v, fingerprint, stamp, ttl)
                         .await;
                 }
                 let stored = guard.complete(
                     || Shared::Value(Arc::new(v.clone())),
                     || {
                         if keep && let Some(l1) = l1 {
-                            let ttl = self.l1_ttl(site.options().ttl);
-                            l1.insert(digest, v.clone(), ttl, epoch);
+                            l1.insert(digest, v.clone(), self.l1_ttl(ttl), epoch);
                         }
                     },
                 );
@@ -684,6 +685,7 @@ impl Runtime {
         v: &V,
         fingerprint: &[u8; 16],
         stamp: Stamp,
+        ttl: Duration,
     ) -> bool {
         let c = self.table().site(site);
         if guard.poisoned() {
@@ -693,11 +695,10 @@ impl Runtime {
             }
             return false;
         }
-        let ttl = site.options().ttl;
         let expires_at = codec::unix_ms().saturating_add(millis(ttl));
         match codec::encode_until(fingerprint, stamp, expires_at, v) {
             Ok(bytes) if bytes.len() <= self.inner.config.max_value_bytes => {
-                match lease.fill(l2, &bytes, site.options().ttl).await {
+                match lease.fill(l2, &bytes, ttl).await {
                     Ok(true) => {
                         Counters::bump(&c.l2_writes);
                         true
@@ -725,6 +726,25 @@ impl Runtime {
                 true
             }
         }
+    }
+
+    /// The TTL of a value this runtime writes for `site`: the site's TTL shortened by a
+    /// random 0 to `jitter` % of it (the site's `jitter`, else the runtime's `ttl_jitter`).
+    fn write_ttl(&self, site: &'static Site) -> Duration {
+        let ttl = site.options().ttl;
+        let percent = site
+            .options()
+            .jitter
+            .unwrap_or(self.inner.config.ttl_jitter)
+            .min(100);
+        if percent == 0 {
+            return ttl;
+        }
+        // A fraction of `percent` % in steps of 1/10 000 (of a TTL capped so that the float
+        // arithmetic cannot overflow).
+        let steps = next_random() % 10_001;
+        let base = ttl.min(crate::config::MAX_DURATION * 10);
+        ttl.saturating_sub(base.mul_f64(f64::from(percent) / 100.0 * (steps as f64 / 10_000.0)))
     }
 
     fn should_promote(&self, site: &'static Site) -> bool {

@@ -64,6 +64,10 @@ pub struct SiteOptions {
     pub promote: u32,
     /// Schema version: bumping it turns entries written by older code into misses.
     pub version: u32,
+    /// TTL jitter in percent (0–100): each value written gets a lifetime shortened by a random
+    /// 0 to `jitter` % of `ttl`, so that entries written together do not expire together.
+    /// `None` uses the runtime's `ttl_jitter` (default 0).
+    pub jitter: Option<u8>,
 }
 
 impl SiteOptions {
@@ -73,6 +77,7 @@ impl SiteOptions {
         tiers: Tiers::Both,
         promote: 0,
         version: 0,
+        jitter: None,
     };
 }
 
@@ -92,12 +97,12 @@ static NEXT_SITE_INDEX: AtomicUsize = AtomicUsize::new(0);
 ///
 /// ```
 /// use std::time::Duration;
-/// use tiered_runtime::{Site, SiteOptions, Tiers};
+/// use tiered_runtime::{Site, SiteOptions};
 ///
 /// static GET_USER: Site = Site::new(
 ///     "app::get_user",
 ///     "user:<id>",
-///     SiteOptions { ttl: Duration::from_secs(60), tiers: Tiers::Both, promote: 0, version: 1 },
+///     SiteOptions { ttl: Duration::from_secs(60), version: 1, ..SiteOptions::DEFAULT },
 /// );
 /// assert_eq!(GET_USER.name(), "app::get_user");
 /// ```
