@@ -319,8 +319,8 @@ impl L2 {
         with_pttl: bool,
         generations: Option<(&str, &str)>,
     ) -> Result<ReadReply, L2Error> {
-        if form == Form::SetNxGet && !with_pttl && generations.is_none() {
-            // The hit path: one command, sent as such (no pipeline around it).
+        // `SET key lease NX GET PX ttl`: the value, or the lease.
+        let set_nx_get = || {
             let mut cmd = redis::cmd("SET");
             cmd.arg(key)
                 .arg(lease)
@@ -328,7 +328,11 @@ impl L2 {
                 .arg("GET")
                 .arg("PX")
                 .arg(millis(lease_ttl));
-            let value: Option<Vec<u8>> = self.exec_req(Request::Cmd(&cmd)).await?;
+            cmd
+        };
+        if form == Form::SetNxGet && !with_pttl && generations.is_none() {
+            // The hit path: one command, sent as such (no pipeline around it).
+            let value: Option<Vec<u8>> = self.exec_req(Request::Cmd(&set_nx_get())).await?;
             return Ok(ReadReply {
                 leased: value.is_none(),
                 value,
@@ -339,13 +343,7 @@ impl L2 {
         let mut p = redis::pipe();
         match form {
             Form::SetNxGet => {
-                p.cmd("SET")
-                    .arg(key)
-                    .arg(lease)
-                    .arg("NX")
-                    .arg("GET")
-                    .arg("PX")
-                    .arg(millis(lease_ttl));
+                p.add_command(set_nx_get());
             }
             Form::Pipelined => {
                 // In a transaction: nothing can land between the `GET` and the `SET NX`.
