@@ -31,6 +31,18 @@ pub(crate) struct Options {
     pub(crate) version: u32,
     /// `jitter = "10%"`: percent of the TTL an entry's lifetime is shortened by, at random.
     pub(crate) jitter: Option<u8>,
+    /// `fail_safe = "10m"`, in ms.
+    pub(crate) fail_safe_ms: Option<u64>,
+    /// `soft_timeout = "50ms"`, in ms (with its span, for errors).
+    pub(crate) soft_timeout_ms: Option<(u64, Span)>,
+    /// `hard_timeout = "2s"`, in ms.
+    pub(crate) hard_timeout_ms: Option<(u64, Span)>,
+    /// `refresh_ahead = 0.8`.
+    pub(crate) refresh_ahead: Option<(f32, Span)>,
+    /// `background_writes = true`.
+    pub(crate) background_writes: Option<bool>,
+    /// `detach = false`: the body always runs inside the caller's future.
+    pub(crate) detach: bool,
     pub(crate) returns: Option<(Returns, Span)>,
     /// The `Self` type as written, passed down by `#[tiered_cache]` on the enclosing `impl`.
     pub(crate) self_type: Option<String>,
@@ -47,8 +59,7 @@ impl Options {
     }
 }
 
-const KNOWN: &str =
-    "`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`, `jitter`, `returns`, `crate`";
+const KNOWN: &str = "`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`, `jitter`, `fail_safe`, `soft_timeout`, `hard_timeout`, `refresh_ahead`, `background_writes`, `detach`, `returns`, `crate`";
 const STRATEGIES: &[(&str, u64)] = &[
     ("RealTime", 10_000),
     ("ShortTerm", 300_000),
@@ -65,6 +76,12 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Options {
         tiers: Tiers::Both,
         version: 0,
         jitter: None,
+        fail_safe_ms: None,
+        soft_timeout_ms: None,
+        hard_timeout_ms: None,
+        refresh_ahead: None,
+        background_writes: None,
+        detach: true,
         returns: None,
         self_type: None,
         krate: None,
@@ -156,6 +173,44 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Options {
                     }
                 }
             }
+            "fail_safe" | "soft_timeout" | "hard_timeout" => {
+                if let Some(lit) = string(&m.value, &name, errors) {
+                    match parse_ttl(&lit.value()) {
+                        Ok(ms) => match name.as_str() {
+                            "fail_safe" => o.fail_safe_ms = Some(ms),
+                            "soft_timeout" => o.soft_timeout_ms = Some((ms, lit.span())),
+                            _ => o.hard_timeout_ms = Some((ms, lit.span())),
+                        },
+                        Err(msg) => errors.at(lit.span(), msg.replacen("ttl", &name, 1)),
+                    }
+                }
+            }
+            "refresh_ahead" => match lit(&m.value) {
+                Some(Lit::Float(f)) => match f.base10_parse::<f32>() {
+                    Ok(x) if x > 0.0 && x < 1.0 => o.refresh_ahead = Some((x, f.span())),
+                    _ => errors.at(
+                        f.span(),
+                        "`refresh_ahead` is the fraction of the TTL after which a hit starts a refresh: a number between 0 and 1, e.g. 0.8",
+                    ),
+                },
+                _ => errors.at(
+                    m.value.span_of(),
+                    "`refresh_ahead` takes a number between 0 and 1, e.g. `refresh_ahead = 0.8`",
+                ),
+            },
+            "background_writes" | "detach" => match lit(&m.value) {
+                Some(Lit::Bool(b)) => {
+                    if name == "detach" {
+                        o.detach = b.value;
+                    } else {
+                        o.background_writes = Some(b.value);
+                    }
+                }
+                _ => errors.at(
+                    m.value.span_of(),
+                    format!("`{name}` takes `true` or `false`"),
+                ),
+            },
             "tiers" => {
                 if let Some(lit) = string(&m.value, "tiers", errors) {
                     match lit.value().as_str() {
@@ -207,6 +262,14 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Options {
                 format!("unknown option `{other}`; expected one of {KNOWN}"),
             ),
         }
+    }
+    if let (Some((soft, _)), Some((hard, span))) = (o.soft_timeout_ms, o.hard_timeout_ms)
+        && hard < soft
+    {
+        errors.at(
+            span,
+            "`hard_timeout` must not be shorter than `soft_timeout`",
+        );
     }
     o
 }

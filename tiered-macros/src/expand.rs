@@ -36,6 +36,17 @@ pub(crate) fn tiered_cache(args: TokenStream, item: TokenStream) -> TokenStream 
             "a memoized method needs `#[tiered_cache]` on its `impl` block too (it gives the method its identity, `module::Type::method`); trait items cannot be memoized: memoize an inherent method and call it from the trait",
         );
     }
+    let borrowed = shape.receiver.is_some()
+        || opts.self_type.is_some()
+        || shape.args.iter().any(|a| signature::borrows(&a.ty));
+    if let Some((_, span)) = opts.refresh_ahead
+        && (borrowed || !opts.detach)
+    {
+        errors.at(
+            span,
+            "`refresh_ahead` recomputes in the background, so the body must be able to outlive the call: this function borrows (a `&self` method, or a reference or lifetime in an argument's type) or says `detach = false`; memoize a free function whose arguments are owned (`String`, not `&str`)",
+        );
+    }
     if let Some(errs) = errors.into_compile_errors() {
         // The function unchanged, and its companions with bodies that never run, so that
         // callers of either do not cascade into further errors.
@@ -245,6 +256,31 @@ fn generate(
         Some(p) => quote!(::core::option::Option::Some(#p)),
         None => quote!(::core::option::Option::None),
     };
+    let millis = |ms: Option<u64>| match ms {
+        Some(ms) => quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms))),
+        None => quote!(::core::option::Option::None),
+    };
+    let fail_safe = millis(opts.fail_safe_ms);
+    let soft_timeout = millis(opts.soft_timeout_ms.map(|t| t.0));
+    let hard_timeout = millis(opts.hard_timeout_ms.map(|t| t.0));
+    let refresh_ahead = match opts.refresh_ahead {
+        Some((f, _)) => quote!(::core::option::Option::Some(#f)),
+        None => quote!(::core::option::Option::None),
+    };
+    let background_writes = match opts.background_writes {
+        Some(b) => quote!(::core::option::Option::Some(#b)),
+        None => quote!(::core::option::Option::None),
+    };
+    // The body can outlive the call (finish in the background after a soft timeout, run a
+    // refresh-ahead) when it owns everything it uses: a free function whose arguments hold no
+    // reference or lifetime. Its future must then be `Send`.
+    let detached =
+        opts.detach && !is_method && !shape.args.iter().any(|a| signature::borrows(&a.ty));
+    let run = if detached {
+        quote!(run_detached)
+    } else {
+        quote!(run)
+    };
 
     let companion_args = shape
         .args
@@ -320,8 +356,11 @@ fn generate(
             use #krate::private::{AnyPart as _, ExactPart as _};
             #krate::private::prepare_parts(#kind, #site_call, &[#((&&#values).key_part()),*])
         };
+        #[allow(unused_imports)]
+        use #krate::private::{NoTimeoutError as _, TimeoutError as _};
         __tiered_prepared
-            .run(move || async move {
+            .errors((&&#krate::private::ErrProbe::<#ret>::new()).timeout_error())
+            .#run(move || async move {
                 #[allow(
                     unreachable_code,
                     clippy::diverging_sub_expression,
@@ -355,6 +394,11 @@ fn generate(
                     promote: #promote,
                     version: #version,
                     jitter: #jitter,
+                    fail_safe: #fail_safe,
+                    soft_timeout: #soft_timeout,
+                    hard_timeout: #hard_timeout,
+                    refresh_ahead: #refresh_ahead,
+                    background_writes: #background_writes,
                 },
             );
             &__TIERED_SITE

@@ -107,3 +107,15 @@ fn contains_impl_trait(ty: &Type) -> bool {
         _ => false,
     }
 }
+
+/// Whether a type holds a reference or a lifetime (the body would borrow from the caller).
+pub(crate) fn borrows(ty: &Type) -> bool {
+    fn scan(tokens: proc_macro2::TokenStream) -> bool {
+        tokens.into_iter().any(|t| match t {
+            proc_macro2::TokenTree::Punct(p) => p.as_char() == '&' || p.as_char() == '\'',
+            proc_macro2::TokenTree::Group(g) => scan(g.stream()),
+            _ => false,
+        })
+    }
+    scan(quote::ToTokens::to_token_stream(ty))
+}

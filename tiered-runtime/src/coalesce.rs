@@ -57,8 +57,8 @@ pub(crate) struct Flights {
     next_id: AtomicU64,
 }
 
-pub(crate) enum Role<'a> {
-    Leader(FlightGuard<'a>),
+pub(crate) enum Role {
+    Leader(FlightGuard),
     Follower(Outcome),
 }
 
@@ -80,7 +80,7 @@ impl Flights {
     }
 
     /// Joins the flight of `site` for `key`, or starts one and leads it.
-    pub(crate) fn enter(&self, site: &'static str, key: &str) -> Role<'_> {
+    pub(crate) fn enter(self: &Arc<Self>, site: &'static str, key: &str) -> Role {
         let mut map = lock(&self.map);
         let flights = map.entry(site).or_default();
         if let Some(f) = flights.get(key) {
@@ -98,11 +98,11 @@ impl Flights {
             },
         );
         Role::Leader(FlightGuard {
-            flights: self,
+            flights: self.clone(),
             site,
             key: key.to_owned(),
             id,
-            tx: Some(tx),
+            tx: Some(Arc::new(tx)),
             poisoned,
             published: false,
         })
@@ -170,22 +170,34 @@ pub(crate) async fn follow(mut rx: Outcome) -> Option<Shared> {
 }
 
 /// The leader's claim on a key. Dropping it without [`complete`](Self::complete) releases the
-/// followers so that one of them takes over.
-pub(crate) struct FlightGuard<'a> {
-    flights: &'a Flights,
+/// followers so that one of them takes over. It owns its handle on the flights, so a flight can
+/// end in a background task (a body finishing after its caller's timeout).
+pub(crate) struct FlightGuard {
+    flights: Arc<Flights>,
     site: &'static str,
     key: String,
     id: u64,
-    tx: Option<watch::Sender<Option<Shared>>>,
+    tx: Option<Arc<watch::Sender<Option<Shared>>>>,
     poisoned: Poison,
     /// The outcome was handed out by [`publish`](Self::publish).
     published: bool,
 }
 
-impl FlightGuard<'_> {
+impl FlightGuard {
     /// Whether an invalidation has hit this flight since it started.
     pub(crate) fn poisoned(&self) -> bool {
         *lock(&self.poisoned)
+    }
+
+    /// A handle that hands a stale value to the followers while the flight goes on (a soft
+    /// timeout: the caller returns, the body runs on in the background).
+    pub(crate) fn announcer(&self) -> Option<Announcer> {
+        self.tx.clone().map(Announcer)
+    }
+
+    /// The flight's poison flag, for work that outlives the guard (a queued write).
+    pub(crate) fn poison_flag(&self) -> Arc<Mutex<bool>> {
+        self.poisoned.clone()
     }
 
     /// Hands `outcome` to the followers waiting now, before the flight ends (the leader still
@@ -230,7 +242,20 @@ impl FlightGuard<'_> {
     }
 }
 
-impl Drop for FlightGuard<'_> {
+/// See [`FlightGuard::announcer`].
+pub(crate) struct Announcer(Arc<watch::Sender<Option<Shared>>>);
+
+impl Announcer {
+    /// Hands `outcome` to the followers waiting now and to those that join until the flight
+    /// ends (the flight's own outcome replaces it when it ends).
+    pub(crate) fn announce(&self, outcome: impl FnOnce() -> Shared) {
+        if self.0.receiver_count() > 1 {
+            self.0.send_replace(Some(outcome()));
+        }
+    }
+}
+
+impl Drop for FlightGuard {
     fn drop(&mut self) {
         self.flights.detach(self.site, &self.key, self.id);
         // `tx` drops here: followers see the channel closed and retry.

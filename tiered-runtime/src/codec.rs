@@ -1,6 +1,7 @@
 //! The L2 wire format: an envelope around a MessagePack payload.
 //!
 //! ```text
+//! value, wire 4:  b"tR" | 4 | 0 (value) | fingerprint (16) | namespace gen (u64 LE) | site gen (u64 LE) | expires at (u64 LE) | kept until (u64 LE) | nonce (u64 LE) | payload
 //! value, wire 3:  b"tR" | 3 | 0 (value) | fingerprint (16) | namespace gen (u64 LE) | site gen (u64 LE) | expires at (u64 LE) | payload
 //! value, wire 2:  b"tR" | 2 | 0 (value) | fingerprint (16) | namespace gen (u64 LE) | site gen (u64 LE) | payload
 //! value, wire 1:  b"tR" | 1 | 0 (value) | fingerprint (16) | payload            (read as generations 0, 0)
@@ -13,7 +14,11 @@
 //! `version`: entries written for another type or schema version are misses. "Expires at" is
 //! the writer's wall-clock time (Unix milliseconds) at which the key's `PX` runs out, so that a
 //! reader knows the remaining lifetime without asking Redis (`PTTL`); `0` means unknown (as
-//! for wire 1 and 2). The two generations are the ones the writer read under
+//! for wire 1 and 2). "Kept until" (wire 4) is when the key itself goes: later than "expires
+//! at" when fail-safe keeps the value past its TTL as a stale fallback (equal otherwise; read as
+//! "expires at" for older wires). The nonce is random per write: the header of an envelope
+//! ([`version_tag`]) identifies one write, so that a refresh overwrites only the version it read.
+//! The two generations are the ones the writer read under
 //! (see the `coherence` module): an entry stamped with an older generation than the current one
 //! is a miss. Decoding checks, in this order, the size bound, the magic, the wire version, the
 //! kind, the fingerprint, the payload, and that the payload was consumed to its last byte. Any
@@ -33,7 +38,7 @@ use sha2::{Digest, Sha256};
 
 const MAGIC: [u8; 2] = *b"tR";
 /// Version of the value envelope this build writes.
-pub const WIRE_VERSION: u8 = 3;
+pub const WIRE_VERSION: u8 = 4;
 /// Version byte of a lease (unchanged since wire 1).
 const LEASE_VERSION: u8 = 1;
 const KIND_VALUE: u8 = 0;
@@ -42,8 +47,10 @@ const KIND_LEASE: u8 = 1;
 const HEADER_V1: usize = 2 + 1 + 1 + 16;
 /// Length of the wire-2 header in bytes.
 const HEADER_V2: usize = HEADER_V1 + 16;
+/// Length of the wire-3 header in bytes.
+const HEADER_V3: usize = HEADER_V2 + 8;
 /// Length of the envelope header this build writes, in bytes.
-pub const HEADER_LEN: usize = HEADER_V2 + 8;
+pub const HEADER_LEN: usize = HEADER_V3 + 16;
 
 /// The generations an entry was written under (see the `coherence` module).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -128,6 +135,37 @@ pub fn encode_until<T: Serialize + ?Sized>(
     expires_at_ms: u64,
     value: &T,
 ) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    encode_entry(
+        fingerprint,
+        stamp,
+        Times {
+            expires_at: expires_at_ms,
+            kept_until: expires_at_ms,
+            nonce: 0,
+        },
+        value,
+    )
+}
+
+/// What an envelope records about its write, beside the generations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Times {
+    /// When the value expires by its TTL (Unix ms; `0`: unknown).
+    pub expires_at: u64,
+    /// When the key itself goes (Unix ms): past `expires_at` while fail-safe keeps the value
+    /// as a stale fallback.
+    pub kept_until: u64,
+    /// Random per write.
+    pub nonce: u64,
+}
+
+/// Encodes `value` into an envelope recording `times` (see the module docs).
+pub fn encode_entry<T: Serialize + ?Sized>(
+    fingerprint: &[u8; 16],
+    stamp: Stamp,
+    times: Times,
+    value: &T,
+) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     let mut out = Vec::with_capacity(HEADER_LEN + 64);
     out.extend_from_slice(&MAGIC);
     out.push(WIRE_VERSION);
@@ -135,9 +173,31 @@ pub fn encode_until<T: Serialize + ?Sized>(
     out.extend_from_slice(fingerprint);
     out.extend_from_slice(&stamp.namespace.to_le_bytes());
     out.extend_from_slice(&stamp.site.to_le_bytes());
-    out.extend_from_slice(&expires_at_ms.to_le_bytes());
+    out.extend_from_slice(&times.expires_at.to_le_bytes());
+    out.extend_from_slice(&times.kept_until.to_le_bytes());
+    out.extend_from_slice(&times.nonce.to_le_bytes());
     value.serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())?;
     Ok(out)
+}
+
+/// The size of `value`'s payload as [`encode_entry`] writes it, without allocating it (the L1
+/// weigher's measure under `l1_max_bytes`); 0 if it does not serialize.
+pub(crate) fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match value.serialize(&mut rmp_serde::Serializer::new(&mut count).with_struct_map()) {
+        Ok(()) => HEADER_LEN + count.0,
+        Err(_) => 0,
+    }
 }
 
 /// A fill lease: an envelope of kind 1 whose body is the holder's 16-byte token. Stored under
@@ -175,6 +235,7 @@ pub fn decode<T: DeserializeOwned>(
     let header = match bytes[2] {
         1 => HEADER_V1,
         2 => HEADER_V2,
+        3 => HEADER_V3,
         WIRE_VERSION => HEADER_LEN,
         v if v > WIRE_VERSION => return Err(DecodeError::Newer(v)),
         v => return Err(DecodeError::WireVersion(v)),
@@ -212,12 +273,47 @@ pub fn decode<T: DeserializeOwned>(
 pub fn expires_at(bytes: &[u8]) -> Option<u64> {
     if bytes.get(2).is_some_and(|v| *v >= 3) {
         bytes
-            .get(HEADER_V2..HEADER_LEN)
+            .get(HEADER_V2..HEADER_V3)
             .map(|b| u64::from_le_bytes(array8(b)))
             .filter(|ms| *ms != 0)
     } else {
         None
     }
+}
+
+/// When the key of a value envelope goes (Unix ms): its "kept until" (wire 4), else its
+/// [`expires_at`]. Call after [`decode`] accepted the bytes.
+pub fn kept_until(bytes: &[u8]) -> Option<u64> {
+    if bytes.get(2).is_some_and(|v| *v >= 4) {
+        bytes
+            .get(HEADER_V3..HEADER_V3 + 8)
+            .map(|b| u64::from_le_bytes(array8(b)))
+            .filter(|ms| *ms != 0)
+    } else {
+        expires_at(bytes)
+    }
+}
+
+/// The bytes that identify one write of an envelope: its header (wire 4, which carries a
+/// random nonce), else the whole envelope.
+pub fn version_tag(bytes: &[u8]) -> &[u8] {
+    if bytes.get(2) == Some(&WIRE_VERSION) && bytes.len() >= HEADER_LEN {
+        &bytes[..HEADER_LEN]
+    } else {
+        bytes
+    }
+}
+
+/// The same wire-4 envelope with a new expiry and nonce (a stale value re-cached for fail-safe's
+/// throttle period); `None` for older wires.
+pub(crate) fn with_expiry(bytes: &[u8], expires_at: u64, nonce: u64) -> Option<Vec<u8>> {
+    if bytes.get(2) != Some(&WIRE_VERSION) || bytes.len() < HEADER_LEN {
+        return None;
+    }
+    let mut out = bytes.to_vec();
+    out[HEADER_V2..HEADER_V3].copy_from_slice(&expires_at.to_le_bytes());
+    out[HEADER_V3 + 8..HEADER_LEN].copy_from_slice(&nonce.to_le_bytes());
+    Some(out)
 }
 
 /// The wall clock in Unix milliseconds (0 if the clock is before 1970).
@@ -294,6 +390,41 @@ mod tests {
         v2.extend_from_slice(&bytes[HEADER_LEN..]);
         assert_eq!(decode::<Person>(&fp(), &v2, 1 << 20), Ok((ada(), S)));
         assert_eq!(expires_at(&v2), None);
+        // As wire 3 wrote it: an expiry, nothing more.
+        let mut v3 = bytes[..HEADER_V3].to_vec();
+        v3[2] = 3;
+        v3.extend_from_slice(&bytes[HEADER_LEN..]);
+        assert_eq!(decode::<Person>(&fp(), &v3, 1 << 20), Ok((ada(), S)));
+        assert_eq!(
+            (expires_at(&v3), kept_until(&v3)),
+            (Some(1_234_567), Some(1_234_567))
+        );
+    }
+
+    #[test]
+    fn kept_until_and_version_tags() {
+        let t = Times {
+            expires_at: 10,
+            kept_until: 20,
+            nonce: 7,
+        };
+        let bytes = encode_entry(&fp(), S, t, &ada()).unwrap_or_default();
+        assert_eq!(
+            (expires_at(&bytes), kept_until(&bytes)),
+            (Some(10), Some(20))
+        );
+        let again = encode_entry(&fp(), S, Times { nonce: 8, ..t }, &ada()).unwrap_or_default();
+        assert_ne!(
+            version_tag(&bytes),
+            version_tag(&again),
+            "the nonce tells writes apart"
+        );
+        let recached = with_expiry(&bytes, 15, 9).unwrap_or_default();
+        assert_eq!(
+            (expires_at(&recached), kept_until(&recached)),
+            (Some(15), Some(20))
+        );
+        assert_eq!(decode::<Person>(&fp(), &recached, 1 << 20), Ok((ada(), S)));
     }
 
     #[test]

@@ -30,6 +30,14 @@ pub const DEFAULT_DEGRADED_L1_TTL: Duration = Duration::from_secs(1);
 /// Default capacity of the queue between the invalidation subscriber and its handler.
 pub const DEFAULT_BUS_QUEUE: usize = 4096;
 
+/// Default time a stale value served by fail-safe is re-cached for (the body is not called
+/// again for that key meanwhile).
+pub const DEFAULT_FAIL_SAFE_THROTTLE: Duration = Duration::from_secs(30);
+/// Default capacity of the queue of background writes to Redis.
+pub const DEFAULT_BACKGROUND_QUEUE: usize = 1024;
+/// Default longest time [`Runtime::shutdown`] waits for queued writes and lease releases.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Largest `bus_queue`.
 pub const MAX_BUS_QUEUE: usize = 1 << 20;
 /// Largest value of any duration option: longer ones are configuration errors (they would
@@ -85,6 +93,14 @@ pub struct Builder {
     bus_queue: usize,
     lease_read: LeaseRead,
     ttl_jitter: u8,
+    fail_safe: Option<Duration>,
+    fail_safe_throttle: Duration,
+    soft_timeout: Option<Duration>,
+    hard_timeout: Option<Duration>,
+    background_writes: bool,
+    background_queue: usize,
+    l1_max_bytes: Option<u64>,
+    shutdown_timeout: Duration,
     deferred: Option<(&'static str, String)>,
 }
 
@@ -122,6 +138,14 @@ impl Default for Builder {
             bus_queue: DEFAULT_BUS_QUEUE,
             lease_read: LeaseRead::Auto,
             ttl_jitter: 0,
+            fail_safe: None,
+            fail_safe_throttle: DEFAULT_FAIL_SAFE_THROTTLE,
+            soft_timeout: None,
+            hard_timeout: None,
+            background_writes: false,
+            background_queue: DEFAULT_BACKGROUND_QUEUE,
+            l1_max_bytes: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             deferred: None,
         }
     }
@@ -271,6 +295,69 @@ impl Builder {
         self
     }
 
+    /// Fail-safe (stale-if-error) for every function without its own `fail_safe`: each value is
+    /// kept `d` past its TTL, in L1 and in Redis, as a stale fallback. When the body then
+    /// returns `Err`, panics or passes its hard timeout, callers get the stale value, which is
+    /// re-cached for [`fail_safe_throttle`](Self::fail_safe_throttle). A value removed by an
+    /// invalidation is never served stale. Default: off.
+    pub fn fail_safe(mut self, d: Duration) -> Self {
+        self.fail_safe = Some(d);
+        self
+    }
+
+    /// How long a stale value served by fail-safe is re-cached (the body is not called again for
+    /// that key meanwhile). Default 30 s.
+    pub fn fail_safe_throttle(mut self, d: Duration) -> Self {
+        self.fail_safe_throttle = d;
+        self
+    }
+
+    /// Soft timeout of the body for every function without its own: past it, a caller that has
+    /// a stale value (fail-safe) gets it at once, and the body finishes in the background and
+    /// stores its result. Without a stale value the caller keeps waiting. Default: none.
+    pub fn soft_timeout(mut self, d: Duration) -> Self {
+        self.soft_timeout = Some(d);
+        self
+    }
+
+    /// Hard timeout of the body for every function without its own: past it, a caller gets the
+    /// stale value if there is one, else [`Error::Timeout`] (for functions whose error type
+    /// converts from [`Error`]; others keep waiting). The body still finishes in the
+    /// background and stores its result. Default: none.
+    pub fn hard_timeout(mut self, d: Duration) -> Self {
+        self.hard_timeout = Some(d);
+        self
+    }
+
+    /// Writes to Redis leave the caller's path for every function without its own setting: the
+    /// caller returns once the value is computed, and the fill is queued (bounded by
+    /// [`background_queue`](Self::background_queue); what does not fit is dropped and counted).
+    /// A queued fill is still refused when an invalidation came in between. Default: off.
+    pub fn background_writes(mut self, on: bool) -> Self {
+        self.background_writes = on;
+        self
+    }
+
+    /// Capacity of the background write queue. Default 1024.
+    pub fn background_queue(mut self, n: usize) -> Self {
+        self.background_queue = n;
+        self
+    }
+
+    /// Bound on the bytes of each memoized function's L1 (the encoded size of its values),
+    /// beside [`l1_max_entries`](Self::l1_max_entries). Default: none.
+    pub fn l1_max_bytes(mut self, n: u64) -> Self {
+        self.l1_max_bytes = Some(n);
+        self
+    }
+
+    /// Longest time [`Runtime::shutdown`] waits for queued writes to land and leases to be
+    /// released. Default 5 s.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+
     /// Checks every value and returns the validated configuration.
     pub fn validate(mut self) -> Result<Config> {
         if let Some((field, reason)) = self.deferred {
@@ -304,6 +391,30 @@ impl Builder {
         if self.ttl_jitter > 100 {
             return Err(Error::config("ttl_jitter", "is a percentage: at most 100"));
         }
+        if let Some(d) = self.fail_safe {
+            duration(d, "fail_safe")?;
+        }
+        duration(self.fail_safe_throttle, "fail_safe_throttle")?;
+        if let Some(d) = self.soft_timeout {
+            duration(d, "soft_timeout")?;
+        }
+        if let Some(d) = self.hard_timeout {
+            duration(d, "hard_timeout")?;
+            if self.soft_timeout.is_some_and(|s| s > d) {
+                return Err(Error::config(
+                    "hard_timeout",
+                    "must not be shorter than soft_timeout",
+                ));
+            }
+        }
+        positive(self.background_queue as u64, "background_queue")?;
+        if self.background_queue > MAX_BUS_QUEUE {
+            return Err(Error::config("background_queue", "must be at most 1048576"));
+        }
+        if let Some(n) = self.l1_max_bytes {
+            positive(n, "l1_max_bytes")?;
+        }
+        duration(self.shutdown_timeout, "shutdown_timeout")?;
         Ok(self.into_config(redis))
     }
 
@@ -327,6 +438,14 @@ impl Builder {
             bus_queue: self.bus_queue,
             lease_read: self.lease_read,
             ttl_jitter: self.ttl_jitter,
+            fail_safe: self.fail_safe,
+            fail_safe_throttle: self.fail_safe_throttle,
+            soft_timeout: self.soft_timeout,
+            hard_timeout: self.hard_timeout,
+            background_writes: self.background_writes,
+            background_queue: self.background_queue,
+            l1_max_bytes: self.l1_max_bytes,
+            shutdown_timeout: self.shutdown_timeout,
         }
     }
 
@@ -372,6 +491,14 @@ pub struct Config {
     pub(crate) bus_queue: usize,
     pub(crate) lease_read: LeaseRead,
     pub(crate) ttl_jitter: u8,
+    pub(crate) fail_safe: Option<Duration>,
+    pub(crate) fail_safe_throttle: Duration,
+    pub(crate) soft_timeout: Option<Duration>,
+    pub(crate) hard_timeout: Option<Duration>,
+    pub(crate) background_writes: bool,
+    pub(crate) background_queue: usize,
+    pub(crate) l1_max_bytes: Option<u64>,
+    pub(crate) shutdown_timeout: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -428,6 +555,30 @@ impl Config {
     /// Default TTL jitter in percent.
     pub fn ttl_jitter(&self) -> u8 {
         self.ttl_jitter
+    }
+    /// Default fail-safe duration, if on.
+    pub fn fail_safe(&self) -> Option<Duration> {
+        self.fail_safe
+    }
+    /// Fail-safe throttle.
+    pub fn fail_safe_throttle(&self) -> Duration {
+        self.fail_safe_throttle
+    }
+    /// Default soft timeout of bodies.
+    pub fn soft_timeout(&self) -> Option<Duration> {
+        self.soft_timeout
+    }
+    /// Default hard timeout of bodies.
+    pub fn hard_timeout(&self) -> Option<Duration> {
+        self.hard_timeout
+    }
+    /// Whether writes to Redis are queued by default.
+    pub fn background_writes(&self) -> bool {
+        self.background_writes
+    }
+    /// Bound on the bytes of each function's L1, if any.
+    pub fn l1_max_bytes(&self) -> Option<u64> {
+        self.l1_max_bytes
     }
 }
 
@@ -581,6 +732,35 @@ mod tests {
             "lease_ttl"
         );
         assert_eq!(field_of(Builder::new().bus_queue(usize::MAX)), "bus_queue");
+        assert_eq!(
+            field_of(Builder::new().fail_safe(Duration::ZERO)),
+            "fail_safe"
+        );
+        assert_eq!(
+            field_of(Builder::new().fail_safe_throttle(Duration::MAX)),
+            "fail_safe_throttle"
+        );
+        assert_eq!(
+            field_of(Builder::new().soft_timeout(Duration::ZERO)),
+            "soft_timeout"
+        );
+        assert_eq!(
+            field_of(
+                Builder::new()
+                    .soft_timeout(Duration::from_secs(2))
+                    .hard_timeout(Duration::from_secs(1))
+            ),
+            "hard_timeout"
+        );
+        assert_eq!(
+            field_of(Builder::new().background_queue(0)),
+            "background_queue"
+        );
+        assert_eq!(field_of(Builder::new().l1_max_bytes(0)), "l1_max_bytes");
+        assert_eq!(
+            field_of(Builder::new().shutdown_timeout(Duration::ZERO)),
+            "shutdown_timeout"
+        );
         assert_eq!(field_of(Builder::new().namespace("")), "namespace");
         assert_eq!(field_of(Builder::new().namespace("a:b")), "namespace");
         assert_eq!(

@@ -66,6 +66,19 @@ pub enum Error {
         /// The failed run's error, as text (`Display`).
         message: String,
     },
+    /// The function's body ran past its hard timeout and no stale value was there to serve
+    /// instead. The body keeps running in the background (when it can) and stores its result.
+    #[error("`{site}` ran past its hard timeout of {timeout:?}")]
+    Timeout {
+        /// The memoized function.
+        site: &'static str,
+        /// The hard timeout.
+        timeout: Duration,
+    },
+    /// The runtime was shut down ([`Runtime::shutdown`](crate::Runtime::shutdown)): it no longer
+    /// talks to Redis.
+    #[error("the tiered runtime was shut down")]
+    Shutdown,
     /// The key template received a different number of values than it has placeholders.
     #[error("key template `{template}` of `{site}` expects {expected} values, got {got}")]
     KeyArity {

@@ -82,6 +82,8 @@ pub struct Hooks {
     pub judged: Gate,
     /// In a key invalidation, after the first local eviction and before the `DEL`.
     pub invalidation: Gate,
+    /// In the background writer, before a queued fill is written.
+    pub background_write: Gate,
     lost_publishes: AtomicUsize,
     panic_handler: AtomicBool,
 }

@@ -98,17 +98,20 @@
 //!   points for deterministic tests; never enable it in production.
 #![deny(missing_docs)]
 
+mod background;
 mod breaker;
 mod coalesce;
 pub mod codec;
 mod coherence;
 mod config;
 mod error;
+mod flight;
 #[cfg(feature = "test-hooks")]
 pub mod hooks;
 pub mod key;
 mod l1;
 mod l2;
+mod logs;
 mod memoize;
 #[doc(hidden)]
 pub mod private;

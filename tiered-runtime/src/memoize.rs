@@ -11,13 +11,15 @@ use serde::de::DeserializeOwned;
 
 use std::time::Duration;
 
-use crate::coalesce::{FlightGuard, Role, Shared, follow};
+use tracing::Instrument;
+
 use crate::codec::{self, DecodeError, Stamp};
 use crate::coherence::generations;
 use crate::coherence::lease::Lease;
+use crate::flight::Begin;
 use crate::key::{Args, Digested, Key, MAX_KEY_BYTES};
-use crate::l1::TypedL1;
-use crate::l2::{L2, millis};
+use crate::l1::{Lifetimes, TypedL1};
+use crate::l2::L2;
 use crate::runtime::{Runtime, with_current};
 use crate::site::Site;
 use crate::stats::Counters;
@@ -40,6 +42,12 @@ pub trait ReturnKind: 'static {
     fn share(&self, out: &Self::Output) -> Option<Arc<dyn Any + Send + Sync>>;
     /// The follower's copy of a shared outcome.
     fn unshare(&self, shared: &(dyn Any + Send + Sync)) -> Option<Self::Output>;
+    /// Whether an outcome is a failure (an `Err`), which fail-safe answers with a stale value.
+    /// A `None` is an answer, not a failure.
+    fn failed(out: &Self::Output) -> bool {
+        let _ = out;
+        false
+    }
 }
 
 /// Any `T`: always cached.
@@ -159,6 +167,9 @@ impl<T: CacheValue, E: Clone + Send + Sync + 'static> ReturnKind for Fallible<T,
     fn from_value(v: T) -> Result<T, E> {
         Ok(v)
     }
+    fn failed(out: &Result<T, E>) -> bool {
+        out.is_err()
+    }
     fn share(&self, out: &Result<T, E>) -> Option<Arc<dyn Any + Send + Sync>> {
         out.as_ref()
             .err()
@@ -181,6 +192,9 @@ impl<T: CacheValue, E: 'static> ReturnKind for FallibleFrom<T, E> {
     fn from_value(v: T) -> Result<T, E> {
         Ok(v)
     }
+    fn failed(out: &Result<T, E>) -> bool {
+        out.is_err()
+    }
     fn share(&self, out: &Result<T, E>) -> Option<Arc<dyn Any + Send + Sync>> {
         out.as_ref()
             .err()
@@ -202,6 +216,9 @@ impl<T: CacheValue, E: 'static> ReturnKind for FallibleUncloneable<T, E> {
     fn from_value(v: T) -> Result<T, E> {
         Ok(v)
     }
+    fn failed(out: &Result<T, E>) -> bool {
+        out.is_err()
+    }
     fn share(&self, _: &Result<T, E>) -> Option<Arc<dyn Any + Send + Sync>> {
         None
     }
@@ -212,6 +229,8 @@ impl<T: CacheValue, E: 'static> ReturnKind for FallibleUncloneable<T, E> {
 
 pub(crate) enum Lookup<V> {
     Hit(V),
+    /// An L1 hit past the site's refresh-ahead point: the value, and what a refresh needs.
+    Refresh(V, Runtime, Key),
     Miss(Runtime, Key),
     /// The key could not be rendered: run the body without caching.
     Bypass,
@@ -225,6 +244,9 @@ pub(crate) enum Lookup<V> {
 /// consulted before the returned future is first polled, so `args` need not outlive this call
 /// and the future stays `Send` whenever the body's future is. Call it inside the memoized
 /// `async fn` (as the macro does), so that it runs within the caller's scope.
+///
+/// The body runs inline in the caller's future: a soft timeout cancels it (see
+/// [`Prepared::run`]); [`Prepared::run_detached`] lets it finish in the background.
 ///
 /// ```
 /// use tiered_runtime::{Plain, Site, SiteOptions, memoize};
@@ -273,6 +295,7 @@ pub(crate) fn prepare_with<K: ReturnKind, A: Args + ?Sized>(
         site,
         kind,
         lookup: with_current(|rt| rt.lookup::<K::Value, A>(site, args)),
+        error: None,
     }
 }
 
@@ -281,23 +304,110 @@ pub struct Prepared<K: ReturnKind> {
     site: &'static Site,
     kind: K,
     lookup: Lookup<K::Value>,
+    error: Option<fn(crate::Error) -> K::Output>,
 }
 
 impl<K: ReturnKind> Prepared<K> {
+    /// How this function returns a [`Error::Timeout`](crate::Error::Timeout) (a hard timeout
+    /// without a stale value): `Some` for a `Result` whose error converts from
+    /// [`Error`](crate::Error). Without it such a caller keeps waiting for the body.
+    pub fn errors(mut self, error: Option<fn(crate::Error) -> K::Output>) -> Self {
+        self.error = error;
+        self
+    }
+
     /// Finishes the call: the L1 value, or the coalesced L2 read / body run.
+    ///
+    /// The body runs inside the returned future, so it may borrow. A soft timeout (or a hard
+    /// one answered with a stale value) therefore **cancels** the body: the caller gets the
+    /// stale value, the body's future is dropped, nothing is stored, and the next call runs it
+    /// again. Refresh-ahead needs a body that can outlive the call and is not started here.
+    /// Use [`run_detached`](Self::run_detached) for bodies that are `Send + 'static`.
     pub fn run<F, Fut>(self, body: F) -> impl Future<Output = K::Output> + use<K, F, Fut>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = K::Output>,
     {
-        let Prepared { site, kind, lookup } = self;
+        let Prepared {
+            site,
+            kind,
+            lookup,
+            error,
+        } = self;
         async move {
             match lookup {
-                Lookup::Hit(v) => K::from_value(v),
+                Lookup::Hit(v) | Lookup::Refresh(v, ..) => K::from_value(v),
                 // Boxed: the slow path's state machine is large (about 1 KiB), and kept inline
                 // it would make every L1 hit create and move that much memory.
                 Lookup::Miss(rt, key) => {
-                    Box::pin(rt.fill::<K, F, Fut>(kind, site, key, body)).await
+                    Box::pin(async move {
+                        match rt.begin(kind, site, key, error).await {
+                            Begin::Done(out) | Begin::DoneRefresh(out, _) => out,
+                            Begin::Body => body().await,
+                            Begin::Lead(plan) => {
+                                let timers = plan.timers();
+                                timers.inline(plan.finish(body())).await
+                            }
+                        }
+                    })
+                    .await
+                }
+                Lookup::Bypass => Box::pin(body()).await,
+            }
+        }
+    }
+
+    /// [`run`](Self::run) for a body that can outlive the call (`Send + 'static`: it owns its
+    /// arguments). Past a soft timeout the caller gets the stale value while the body goes on
+    /// in a task and stores its result (still one run per key); a hit past the refresh-ahead
+    /// point starts the refresh in a task. The task runs in the caller's
+    /// [`Runtime::scope`] and tracing span.
+    pub fn run_detached<F, Fut>(self, body: F) -> impl Future<Output = K::Output> + use<K, F, Fut>
+    where
+        K: Send,
+        K::Output: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = K::Output> + Send + 'static,
+    {
+        let Prepared {
+            site,
+            kind,
+            lookup,
+            error,
+        } = self;
+        async move {
+            match lookup {
+                Lookup::Hit(v) => K::from_value(v),
+                Lookup::Refresh(v, rt, key) => {
+                    rt.spawn_refresh(kind, site, key, body);
+                    K::from_value(v)
+                }
+                Lookup::Miss(rt, key) => {
+                    Box::pin(async move {
+                        match rt.begin(kind, site, key.clone(), error).await {
+                            Begin::Done(out) => out,
+                            Begin::DoneRefresh(out, kind) => {
+                                rt.spawn_refresh(kind, site, key, body);
+                                out
+                            }
+                            Begin::Body => body().await,
+                            Begin::Lead(plan) => {
+                                let timers = plan.timers();
+                                if timers.armed()
+                                    && let Ok(handle) = tokio::runtime::Handle::try_current()
+                                {
+                                    let rt = plan.rt.clone();
+                                    let task = rt.scope(plan.finish(body()));
+                                    let task =
+                                        handle.spawn(task.instrument(tracing::Span::current()));
+                                    timers.detached(task).await
+                                } else {
+                                    timers.inline(plan.finish(body())).await
+                                }
+                            }
+                        }
+                    })
+                    .await
                 }
                 Lookup::Bypass => Box::pin(body()).await,
             }
@@ -326,13 +436,30 @@ impl Runtime {
             if let Some(l1) = slot.l1.get()
                 && let Some(l1) = l1.as_any().downcast_ref::<TypedL1<V>>()
                 && let Some(Digested::Short(digest)) = template.digest(&table.digester, args)
-                && let Some(v) = l1.get(digest)
+                && let Some((v, due)) = l1.get(digest)
             {
                 slot.hits.bump();
+                if due {
+                    return self.refresh_lookup(site, args, v);
+                }
                 return Lookup::Hit(v);
             }
         }
         self.render_miss(site, args)
+    }
+
+    /// A hit due for a refresh: the key is rendered for the refresh (off the common path).
+    #[cold]
+    fn refresh_lookup<V, A: Args + ?Sized>(
+        &self,
+        site: &'static Site,
+        args: &A,
+        v: V,
+    ) -> Lookup<V> {
+        match self.render(site, args) {
+            Some(key) => Lookup::Refresh(v, self.clone(), key),
+            None => Lookup::Hit(v),
+        }
     }
 
     /// The rest of [`lookup`](Self::lookup): renders the key (a long key, whose L1 key is the
@@ -347,173 +474,58 @@ impl Runtime {
         };
         if site.options().tiers.l1()
             && key.as_str().len() > MAX_KEY_BYTES
-            && let Some(v) = self.l1_get::<V>(site, &key)
+            && let Some((v, due)) = self.l1_get::<V>(site, &key)
         {
-            return Lookup::Hit(v);
+            return if due {
+                Lookup::Refresh(v, self.clone(), key)
+            } else {
+                Lookup::Hit(v)
+            };
         }
         Lookup::Miss(self.clone(), key)
     }
 
-    /// L1 hit by key string: a clone of the value.
-    fn l1_get<V: Clone + Send + Sync + 'static>(
+    /// L1 hit by key string: a clone of the value, and whether it is due for a refresh.
+    pub(crate) fn l1_get<V: Clone + Send + Sync + 'static>(
         &self,
         site: &'static Site,
         key: &Key,
-    ) -> Option<V> {
+    ) -> Option<(V, bool)> {
         let table = self.table();
         let slot = table.slot(site);
         let l1 = slot.l1.get()?.as_any().downcast_ref::<TypedL1<V>>()?;
-        let v = l1.get(table.digester.of(key.as_str()))?;
+        let hit = l1.get(table.digester.of(key.as_str()))?;
         slot.hits.bump();
-        Some(v)
+        Some(hit)
     }
 
-    /// TTL of an L1 insert: the given one, capped by `degraded_l1_ttl` while Redis is
-    /// configured but the invalidation subscription is down.
-    fn l1_ttl(&self, ttl: Duration) -> Duration {
+    /// The lifetimes of an L1 insert of a value that is fresh for `fresh` and kept until
+    /// `keep` (both capped by `degraded_l1_ttl` while Redis is configured but the invalidation
+    /// subscription is down: nothing is kept stale then), due for a refresh after `refresh`.
+    pub(crate) fn l1_life(
+        &self,
+        fresh: Duration,
+        keep: Duration,
+        refresh: Option<Duration>,
+        size: usize,
+    ) -> Lifetimes {
         match self.inner.bus.as_ref() {
-            Some(bus) if !bus.is_up() => ttl.min(self.inner.config.degraded_l1_ttl),
-            _ => ttl,
-        }
-    }
-
-    /// The slow path: coalesce, read L2 (taking the fill lease on a miss), run the body, fill.
-    async fn fill<K, F, Fut>(self, kind: K, site: &'static Site, key: Key, body: F) -> K::Output
-    where
-        K: ReturnKind,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = K::Output>,
-    {
-        let inner = &*self.inner;
-        let c = self.table().site(site);
-        let tiers = site.options().tiers;
-        let mut guard = loop {
-            match inner.local.flights.enter(site.name(), key.as_str()) {
-                Role::Leader(guard) => break guard,
-                Role::Follower(rx) => {
-                    Counters::bump(&c.coalesced_waits);
-                    match follow(rx).await {
-                        Some(Shared::Value(v)) => match v.downcast_ref::<K::Value>() {
-                            Some(v) => return K::from_value(v.clone()),
-                            None => return body().await,
-                        },
-                        Some(Shared::Output(o)) => match kind.unshare(&*o) {
-                            Some(out) => return out,
-                            None => return body().await,
-                        },
-                        // The leader was cancelled, panicked or had nothing to share: take over.
-                        Some(Shared::Retry) | None => {
-                            if tiers.l1()
-                                && let Some(v) = self.l1_get::<K::Value>(site, &key)
-                            {
-                                return K::from_value(v);
-                            }
-                        }
-                    }
+            Some(bus) if !bus.is_up() => {
+                let fresh = fresh.min(self.inner.config.degraded_l1_ttl);
+                Lifetimes {
+                    fresh,
+                    keep: fresh,
+                    refresh: None,
+                    size,
                 }
             }
-        };
-
-        // Leader. The L1 epoch is taken before anything is read: a gap or group invalidation
-        // after this point makes whatever this flight stores invisible.
-        let l1 = if tiers.l1() {
-            self.l1::<K::Value>(site)
-        } else {
-            None
-        };
-        let epoch = l1.map_or(0, TypedL1::epoch);
-        let digest = self.table().digester.of(key.as_str());
-        // A previous flight may have filled L1 between our lookup and `enter`.
-        if let Some(v) = l1.and_then(|l1| l1.get(digest)) {
-            Counters::bump(&c.l1_hits);
-            guard.complete(|| Shared::Value(Arc::new(v.clone())), || {});
-            return K::from_value(v);
+            _ => Lifetimes {
+                fresh,
+                keep: keep.max(fresh),
+                refresh,
+                size,
+            },
         }
-
-        let fingerprint = site.fingerprint();
-        let l2 = inner.l2.as_deref().filter(|_| tiers.l2());
-        let mut lease = None;
-        let mut stamp = Stamp::default();
-        if let Some(l2) = l2 {
-            match self.read_l2::<K::Value>(l2, site, &key, fingerprint).await {
-                L2Read::Hit(v, remaining) => {
-                    Counters::bump(&c.l2_hits);
-                    #[cfg(feature = "test-hooks")]
-                    inner.local.hooks.promotion.pass().await;
-                    // A value whose expiry its writer did not record (an older wire) is served
-                    // but not promoted: its L1 copy could outlive the L2 entry.
-                    let promote = l1.filter(|_| remaining.is_some() && self.should_promote(site));
-                    let ttl = remaining.map_or(Duration::ZERO, |r| r.min(site.options().ttl));
-                    let mut promoted = false;
-                    let stored = guard.complete(
-                        || Shared::Value(Arc::new(v.clone())),
-                        || {
-                            if let Some(l1) = promote
-                                && !ttl.is_zero()
-                            {
-                                l1.insert(digest, v.clone(), self.l1_ttl(ttl), epoch);
-                                promoted = true;
-                            }
-                        },
-                    );
-                    if promoted {
-                        Counters::bump(&c.promotions);
-                    } else if promote.is_some() && !stored {
-                        Counters::bump(&c.fills_refused);
-                    }
-                    return K::from_value(v);
-                }
-                L2Read::Leased(l, s) => {
-                    lease = Some(l);
-                    stamp = s;
-                }
-                L2Read::Compute => {}
-            }
-        }
-
-        Counters::bump(&c.misses);
-        Counters::bump(&c.computations);
-        let out = body().await;
-        // The lifetime of what this flight writes, in L2 and L1 alike (jittered).
-        let ttl = self.write_ttl(site);
-        match K::cached(&out) {
-            Some(v) => {
-                let mut keep = true;
-                if let (Some(l2), Some(lease)) = (l2, lease.take()) {
-                    // The followers need not wait for the write to Redis.
-                    guard.publish(|| Shared::Value(Arc::new(v.clone())));
-                    keep = self
-                        .fill_l2(l2, site, &guard, lease, v, fingerprint, stamp, ttl)
-                        .await;
-                }
-                let stored = guard.complete(
-                    || Shared::Value(Arc::new(v.clone())),
-                    || {
-                        if keep && let Some(l1) = l1 {
-                            l1.insert(digest, v.clone(), self.l1_ttl(ttl), epoch);
-                        }
-                    },
-                );
-                if keep && !stored {
-                    Counters::bump(&c.fills_refused);
-                }
-            }
-            None => {
-                let shared = kind.share(&out);
-                if let (Some(l2), Some(lease)) = (l2, lease.take()) {
-                    // Followers need not wait for the lease's release; a `Retry` is not
-                    // handed out early (they would find our lease still there).
-                    if let Some(o) = &shared {
-                        guard.publish(|| Shared::Output(o.clone()));
-                    }
-                    if let Err(e) = lease.release(l2).await {
-                        e.count(c);
-                    }
-                }
-                guard.complete(|| shared.map_or(Shared::Retry, Shared::Output), || {});
-            }
-        }
-        out
     }
 
     /// The leader's L2 read. One round trip reads the value and, when there is none, takes the
@@ -524,7 +536,7 @@ impl Runtime {
     /// (foreign, corrupt, another schema, an older generation, a lease that cannot be ours)
     /// are deleted if they are still the same bytes, once, and the read is repeated. Any L2
     /// failure (breaker open included) ends the read at once: compute, without filling.
-    async fn read_l2<V: DeserializeOwned>(
+    pub(crate) async fn read_l2<V: DeserializeOwned>(
         &self,
         l2: &L2,
         site: &'static Site,
@@ -630,9 +642,25 @@ impl Runtime {
                             // stamp from now on.
                             gens.learn(gens.era(), site.name(), written);
                         }
-                        let remaining = codec::expires_at(&bytes)
-                            .map(|at| Duration::from_millis(at.saturating_sub(codec::unix_ms())));
-                        return L2Read::Hit(v, remaining);
+                        let now = codec::unix_ms();
+                        let until = |at: u64| Duration::from_millis(at.saturating_sub(now));
+                        let kept = codec::kept_until(&bytes).map(until);
+                        return match codec::expires_at(&bytes) {
+                            // Expired by its TTL, kept by fail-safe as a stale fallback.
+                            Some(at) if at <= now => L2Read::Stale {
+                                value: v,
+                                kept: kept.unwrap_or_default(),
+                                bytes,
+                                stamp: current,
+                            },
+                            expires => L2Read::Hit {
+                                value: v,
+                                remaining: expires.map(until),
+                                kept,
+                                bytes,
+                                stamp: current,
+                            },
+                        };
                     }
                     // Written before a group invalidation: a miss.
                     Counters::bump(&c.stale_generation_misses);
@@ -672,65 +700,9 @@ impl Runtime {
         }
     }
 
-    /// Writes the computed value over our lease. `false` when the value must not be kept in
-    /// L1 either: the flight was invalidated, or the lease was gone (deleted by an
-    /// invalidation, or expired) so the fill was refused.
-    #[allow(clippy::too_many_arguments)]
-    async fn fill_l2<V: Serialize>(
-        &self,
-        l2: &L2,
-        site: &'static Site,
-        guard: &FlightGuard<'_>,
-        lease: Lease,
-        v: &V,
-        fingerprint: &[u8; 16],
-        stamp: Stamp,
-        ttl: Duration,
-    ) -> bool {
-        let c = self.table().site(site);
-        if guard.poisoned() {
-            Counters::bump(&c.fills_refused);
-            if let Err(e) = lease.release(l2).await {
-                e.count(c);
-            }
-            return false;
-        }
-        let expires_at = codec::unix_ms().saturating_add(millis(ttl));
-        match codec::encode_until(fingerprint, stamp, expires_at, v) {
-            Ok(bytes) if bytes.len() <= self.inner.config.max_value_bytes => {
-                match lease.fill(l2, &bytes, ttl).await {
-                    Ok(true) => {
-                        Counters::bump(&c.l2_writes);
-                        true
-                    }
-                    Ok(false) => {
-                        Counters::bump(&c.fills_refused);
-                        false
-                    }
-                    Err(e) => {
-                        e.count(c);
-                        true
-                    }
-                }
-            }
-            other => {
-                // Too large (or not serializable): keep it out of Redis; the key held only our
-                // lease, which goes.
-                Counters::bump(&c.oversize_skips);
-                if let Err(e) = other {
-                    tracing::debug!(site = site.name(), error = %e, "tiered: value could not be encoded for L2");
-                }
-                if let Err(e) = lease.release(l2).await {
-                    e.count(c);
-                }
-                true
-            }
-        }
-    }
-
     /// The TTL of a value this runtime writes for `site`: the site's TTL shortened by a
     /// random 0 to `jitter` % of it (the site's `jitter`, else the runtime's `ttl_jitter`).
-    fn write_ttl(&self, site: &'static Site) -> Duration {
+    pub(crate) fn write_ttl(&self, site: &'static Site) -> Duration {
         let ttl = site.options().ttl;
         let percent = site
             .options()
@@ -747,7 +719,7 @@ impl Runtime {
         ttl.saturating_sub(base.mul_f64(f64::from(percent) / 100.0 * (steps as f64 / 10_000.0)))
     }
 
-    fn should_promote(&self, site: &'static Site) -> bool {
+    pub(crate) fn should_promote(&self, site: &'static Site) -> bool {
         let n = match site.options().promote {
             0 => self.inner.config.promotion_frequency,
             n => n,
@@ -757,9 +729,26 @@ impl Runtime {
 }
 
 /// What the leader's L2 read decided.
-enum L2Read<V> {
-    /// A value, with the remaining TTL of its key when its writer recorded it.
-    Hit(V, Option<Duration>),
+pub(crate) enum L2Read<V> {
+    /// A fresh value.
+    Hit {
+        value: V,
+        /// Until its TTL ends, when its writer recorded it.
+        remaining: Option<Duration>,
+        /// Until its key goes (past the TTL under fail-safe), when recorded.
+        kept: Option<Duration>,
+        /// The envelope as read (its header identifies this write).
+        bytes: Vec<u8>,
+        /// The current generations.
+        stamp: Stamp,
+    },
+    /// A value past its TTL that fail-safe keeps (the key still holds it, so no lease).
+    Stale {
+        value: V,
+        kept: Duration,
+        bytes: Vec<u8>,
+        stamp: Stamp,
+    },
     /// Nothing there: we hold the fill lease; the fill is stamped with these generations.
     Leased(Lease, Stamp),
     /// Compute without filling (L2 unavailable, or another process's lease outlasted
@@ -768,7 +757,7 @@ enum L2Read<V> {
 }
 
 /// A fresh lease token: 16 random bytes (per-thread xorshift seeded from the OS hasher).
-fn token() -> [u8; 16] {
+pub(crate) fn token() -> [u8; 16] {
     let mut t = [0u8; 16];
     t[..8].copy_from_slice(&next_random().to_le_bytes());
     t[8..].copy_from_slice(&next_random().to_le_bytes());
@@ -790,7 +779,7 @@ pub(crate) fn one_in(n: u32) -> bool {
 }
 
 /// The next value of a thread-local xorshift generator (not cryptographic).
-fn next_random() -> u64 {
+pub(crate) fn next_random() -> u64 {
     use std::cell::Cell;
     thread_local! {
         static STATE: Cell<u64> = Cell::new({

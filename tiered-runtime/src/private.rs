@@ -14,10 +14,15 @@ pub trait IsResult {
     type Ok;
     /// `E`.
     type Err;
+    /// `Err(e)`.
+    fn from_err(e: Self::Err) -> Self;
 }
 impl<T, E> IsResult for Result<T, E> {
     type Ok = T;
     type Err = E;
+    fn from_err(e: E) -> Self {
+        Err(e)
+    }
 }
 
 /// `Option<T>`, also behind a type alias.
@@ -55,6 +60,52 @@ impl<R> KindProbe<R> {
 impl<R> Default for KindProbe<R> {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Finds how a return type `R` carries [`Error::Timeout`](crate::Error::Timeout) (a hard
+/// timeout without a stale value): `(&&ErrProbe::<R>::new()).timeout_error()` is `Some` for a
+/// `Result` (also behind an alias) whose error converts from [`Error`](crate::Error), `None`
+/// otherwise.
+pub struct ErrProbe<R>(PhantomData<fn() -> R>);
+
+impl<R> ErrProbe<R> {
+    /// The probe.
+    pub const fn new() -> Self {
+        ErrProbe(PhantomData)
+    }
+}
+
+impl<R> Default for ErrProbe<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `R` is a `Result` whose error converts from [`Error`](crate::Error).
+pub trait TimeoutError<R> {
+    /// The conversion.
+    fn timeout_error(&self) -> Option<fn(crate::Error) -> R>;
+}
+
+impl<R: IsResult> TimeoutError<R> for &ErrProbe<R>
+where
+    R::Err: From<crate::Error>,
+{
+    fn timeout_error(&self) -> Option<fn(crate::Error) -> R> {
+        Some(|e| R::from_err(R::Err::from(e)))
+    }
+}
+
+/// Any other `R`: a hard timeout without a stale value keeps waiting for the body.
+pub trait NoTimeoutError<R> {
+    /// `None`.
+    fn timeout_error(&self) -> Option<fn(crate::Error) -> R>;
+}
+
+impl<R> NoTimeoutError<R> for ErrProbe<R> {
+    fn timeout_error(&self) -> Option<fn(crate::Error) -> R> {
+        None
     }
 }
 

@@ -71,22 +71,59 @@ pub(crate) struct Inner {
     pub(crate) bus: Option<Arc<Bus>>,
     /// Releases leases their flights could not (with Redis only).
     pub(crate) janitor: Option<Janitor>,
+    /// Writes queued off the callers' path (with Redis only).
+    pub(crate) writer: Option<crate::background::Writer>,
+    /// [`Runtime::shutdown`] began: new flights leave Redis alone.
+    pub(crate) closing: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Say goodbye, so that the other instances do not take this one's silence for lost
-        // invalidations (best effort: without a Tokio runtime nothing is sent).
-        if let (Some(l2), Some(bus)) = (self.l2.clone(), self.bus.as_ref())
-            && let Ok(handle) = tokio::runtime::Handle::try_current()
-        {
-            let bye = bus.bye();
-            let channel = bus.channel().to_owned();
-            handle.spawn(async move {
-                let _ = l2.publish(&channel, &bye).await;
-            });
+        // The last handle is gone: what `shutdown` does, in the background (best effort:
+        // without a Tokio runtime the connections just close). The goodbye tells the other
+        // instances not to take this one's silence for lost invalidations.
+        let (Some(l2), Some(bus)) = (self.l2.clone(), self.bus.clone()) else {
+            return;
+        };
+        if self.closing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                let (writer, janitor) = (self.writer.take(), self.janitor.take());
+                let timeout = self.config.shutdown_timeout;
+                handle.spawn(async move {
+                    close(&l2, &bus, writer.as_ref(), janitor.as_ref(), timeout).await;
+                });
+            }
+            Err(_) => {
+                bus.stop();
+                l2.close();
+            }
         }
     }
+}
+
+/// Drains the write queue, gives the janitor a last round, says goodbye on the bus, ends the
+/// subscription and closes the connection; each wait bounded by what is left of `timeout`.
+async fn close(
+    l2: &L2,
+    bus: &Bus,
+    writer: Option<&crate::background::Writer>,
+    janitor: Option<&Janitor>,
+    timeout: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+    if let Some(writer) = writer {
+        writer.drain(left()).await;
+    }
+    if let Some(janitor) = janitor {
+        janitor.stop(left()).await;
+    }
+    let _ = tokio::time::timeout(left(), l2.publish(bus.channel(), &bus.bye())).await;
+    bus.stop();
+    l2.close();
 }
 
 impl std::fmt::Debug for Runtime {
@@ -107,7 +144,7 @@ impl Runtime {
         let table = Arc::new(SiteTable::new(&config.namespace));
         let local = Arc::new(Local::new(table.clone()));
         let Some(target) = config.redis.clone() else {
-            return Ok(Self::assemble(config, None, local, None, None));
+            return Ok(Self::assemble(config, None, local, None, None, None));
         };
         let l2 = Arc::new(L2::start(&target, &config, table.clone()).await?);
         let channel = message::channel(&config.namespace, target.db);
@@ -156,7 +193,14 @@ impl Runtime {
         if initial.is_some() {
             Counters::bump(&table.runtime().bus_subscribes);
         }
-        let janitor = Janitor::start(Arc::downgrade(&l2), table);
+        let janitor = Janitor::start(Arc::downgrade(&l2), table.clone());
+        let writer = crate::background::Writer::start(
+            Arc::downgrade(&l2),
+            table,
+            config.background_queue,
+            #[cfg(feature = "test-hooks")]
+            Arc::downgrade(&local),
+        );
         let ctx = Ctx {
             local: Arc::downgrade(&local),
             bus: Arc::downgrade(&bus),
@@ -165,7 +209,14 @@ impl Runtime {
             connect_timeout: config.connect_timeout,
             ping_timeout: config.l2_timeout.max(Duration::from_millis(250)),
         };
-        let rt = Self::assemble(config, Some(l2), local, Some(bus), Some(janitor));
+        let rt = Self::assemble(
+            config,
+            Some(l2),
+            local,
+            Some(bus),
+            Some(janitor),
+            Some(writer),
+        );
         bus::spawn(ctx, initial);
         Ok(rt)
     }
@@ -176,6 +227,7 @@ impl Runtime {
         local: Arc<Local>,
         bus: Option<Arc<Bus>>,
         janitor: Option<Janitor>,
+        writer: Option<crate::background::Writer>,
     ) -> Runtime {
         Runtime {
             inner: Arc::new(Inner {
@@ -184,6 +236,8 @@ impl Runtime {
                 local,
                 bus,
                 janitor,
+                writer,
+                closing: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -207,7 +261,7 @@ impl Runtime {
         );
         let config = Builder::defaults();
         let local = Arc::new(Local::new(Arc::new(SiteTable::new(&config.namespace))));
-        Self::assemble(config, None, local, None, None)
+        Self::assemble(config, None, local, None, None, None)
     }
 
     /// The runtime memoized calls would use here: scoped, else installed, else the embedded
@@ -228,6 +282,42 @@ impl Runtime {
         CURRENT.scope(self.clone(), fut)
     }
 
+    /// Shuts this instance down, bounded by `shutdown_timeout` (default 5 s): computations in
+    /// flight finish (their fills land or their leases are released), queued background writes
+    /// land (what cannot within the bound is dropped and counted in
+    /// `background_writes_dropped`), leases awaiting release get a last attempt, the
+    /// invalidation subscription ends and the connection closes; every task of the instance
+    /// ends. Afterwards memoized calls through this runtime still answer, from L1 or by
+    /// computing, without Redis; invalidations evict locally and return [`Error::Shutdown`].
+    /// Dropping the last handle of a runtime does the same in the background. Calling it again
+    /// does nothing.
+    pub async fn shutdown(&self) {
+        let inner = &*self.inner;
+        if inner
+            .closing
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let (Some(l2), Some(bus)) = (inner.l2.as_deref(), inner.bus.as_deref()) else {
+            return;
+        };
+        let timeout = inner.config.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while inner.local.flights.len() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        close(l2, bus, inner.writer.as_ref(), inner.janitor.as_ref(), left).await;
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) began.
+    pub(crate) fn closing(&self) -> bool {
+        self.inner
+            .closing
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// The validated configuration.
     pub fn config(&self) -> &Config {
         &self.inner.config
@@ -241,6 +331,7 @@ impl Runtime {
             sites,
             inflight: self.inner.local.flights.len(),
             l1_entries: self.table().l1s().map(|l1| l1.entry_count()).sum(),
+            l1_bytes: self.table().l1s().map(|l1| l1.bytes()).sum(),
             l2_configured: self.inner.l2.is_some(),
             l2_connected: self.inner.l2.as_ref().is_some_and(|l2| l2.is_connected()),
             subscribed: self.inner.bus.as_ref().is_some_and(|b| b.is_up()),
@@ -315,14 +406,23 @@ impl Runtime {
         let (Some(l2), Some(bus)) = (inner.l2.as_ref(), inner.bus.as_ref()) else {
             return Ok(());
         };
+        if self.closing() {
+            return Err(Error::Shutdown);
+        }
         #[cfg(feature = "test-hooks")]
         inner.local.hooks.invalidation.pass().await;
         // Keys carry no generation: this deletes the entry every instance reads, whatever
         // generations any of them knows.
-        let del: &[&str] = if site.options().tiers.l2() {
-            &[key.as_str()]
-        } else {
+        // The refresh lock goes too (fail-safe and refresh-ahead recompute under it): the next
+        // recomputation need not wait for it to expire.
+        let lock;
+        let del: &[&str] = if !site.options().tiers.l2() {
             &[]
+        } else if site.options().refresh_ahead.is_some() || self.fail_safe(site).is_some() {
+            lock = crate::flight::refresh_lock_key(key.as_str());
+            &[key.as_str(), lock.as_str()]
+        } else {
+            &[key.as_str()]
         };
         let message = bus.message(Action::Keys {
             site: site.name().to_owned(),
@@ -389,6 +489,9 @@ impl Runtime {
         let (Some(l2), Some(bus)) = (self.inner.l2.as_ref(), self.inner.bus.as_ref()) else {
             return Ok(());
         };
+        if self.closing() {
+            return Err(Error::Shutdown);
+        }
         let key = generations::key(&self.inner.config.namespace);
         let generation = l2
             .raise_generation(&key, field, generations::now_ms())
@@ -459,8 +562,9 @@ impl Runtime {
         let l1 = match slot.l1.get() {
             Some(l1) => l1,
             None => slot.l1.get_or_init(|| {
-                Box::new(TypedL1::<V>::new(
+                Box::new(TypedL1::<V>::bounded(
                     self.inner.config.l1_max_entries,
+                    self.inner.config.l1_max_bytes,
                     self.inner.config.l1_max_ttl,
                 ))
             }),

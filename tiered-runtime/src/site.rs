@@ -68,6 +68,23 @@ pub struct SiteOptions {
     /// 0 to `jitter` % of `ttl`, so that entries written together do not expire together.
     /// `None` uses the runtime's `ttl_jitter` (default 0).
     pub jitter: Option<u8>,
+    /// Fail-safe: how long a value is kept past its TTL as a stale fallback, served when the
+    /// body fails (returns `Err`, panics, passes its hard timeout) or passes its soft timeout.
+    /// `None` uses the runtime's `fail_safe` (default off).
+    pub fail_safe: Option<Duration>,
+    /// Soft timeout of the body: past it, a caller that has a stale value gets it, and the body
+    /// finishes in the background. `None` uses the runtime's `soft_timeout` (default none).
+    pub soft_timeout: Option<Duration>,
+    /// Hard timeout of the body: past it, a caller without a stale value gets
+    /// [`Error::Timeout`](crate::Error::Timeout) (when its error type converts from
+    /// [`Error`](crate::Error)). `None` uses the runtime's `hard_timeout` (default none).
+    pub hard_timeout: Option<Duration>,
+    /// Refresh-ahead: a hit on an entry past this fraction of its TTL (0 < f < 1) returns the
+    /// value and starts one background recomputation. `None`: off.
+    pub refresh_ahead: Option<f32>,
+    /// Writes to Redis leave the caller's path (queued). `None` uses the runtime's
+    /// `background_writes` (default off).
+    pub background_writes: Option<bool>,
 }
 
 impl SiteOptions {
@@ -78,6 +95,11 @@ impl SiteOptions {
         promote: 0,
         version: 0,
         jitter: None,
+        fail_safe: None,
+        soft_timeout: None,
+        hard_timeout: None,
+        refresh_ahead: None,
+        background_writes: None,
     };
 }
 

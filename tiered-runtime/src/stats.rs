@@ -136,6 +136,23 @@ counters! {
     breaker_transitions,
     /// Successful (re)connections to Redis.
     l2_connects,
+    /// Calls answered with a stale value by fail-safe (the body failed or timed out).
+    stale_served,
+    /// Bodies that passed their soft timeout (callers got the stale value; the body went on in
+    /// the background, or was cancelled when it borrows its arguments).
+    soft_timeouts,
+    /// Bodies that passed their hard timeout.
+    hard_timeouts,
+    /// Bodies that panicked.
+    body_panics,
+    /// Background recomputations started by refresh-ahead.
+    refreshes,
+    /// Refreshes not run because another process held the key's refresh lock.
+    refresh_skips,
+    /// Writes to Redis queued off the caller's path (`background_writes`).
+    background_writes,
+    /// Queued writes dropped because the queue was full, or left unwritten at shutdown.
+    background_writes_dropped,
 }
 
 impl Counters {
@@ -166,6 +183,9 @@ pub struct Stats {
     pub inflight: usize,
     /// Entries currently in L1 (approximate, as Moka reports it).
     pub l1_entries: u64,
+    /// Bytes of values in L1, summed over the functions (weighed only under `l1_max_bytes`,
+    /// else 0).
+    pub l1_bytes: u64,
     /// Whether Redis is configured.
     pub l2_configured: bool,
     /// Whether a Redis connection is up right now.

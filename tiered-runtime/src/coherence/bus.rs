@@ -18,7 +18,7 @@
 //!   again (entries written while unsubscribed are dropped).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
@@ -57,7 +57,9 @@ pub(crate) struct Bus {
     queue_capacity: usize,
     /// Other instances heard on the current subscription.
     origins: AtomicUsize,
-    last_overflow_warn: Mutex<Option<Instant>>,
+    /// The runtime was shut down: the bus tasks end (and the subscription with them).
+    stopped: AtomicBool,
+    logs: crate::logs::Limiter,
 }
 
 impl Bus {
@@ -68,12 +70,19 @@ impl Bus {
             channel: message::channel(namespace, db),
             gen_key: super::generations::key(namespace),
             lost_pending: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            logs: crate::logs::Limiter::default(),
             up: AtomicBool::new(up),
             queue_peak: AtomicUsize::new(0),
             queue_capacity,
             origins: AtomicUsize::new(0),
-            last_overflow_warn: Mutex::new(None),
         }
+    }
+
+    /// Ends the bus tasks (within one check interval) and so the subscription.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.up.store(false, Ordering::Release);
     }
 
     pub(crate) fn channel(&self) -> &str {
@@ -237,7 +246,11 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     fn upgrade(&self) -> Option<(Arc<Local>, Arc<Bus>)> {
-        Some((self.local.upgrade()?, self.bus.upgrade()?))
+        let bus = self
+            .bus
+            .upgrade()
+            .filter(|b| !b.stopped.load(Ordering::Acquire))?;
+        Some((self.local.upgrade()?, bus))
     }
 }
 
@@ -263,6 +276,9 @@ async fn beacons(ctx: Ctx) {
         let (Some(bus), Some(l2)) = (ctx.bus.upgrade(), ctx.l2.upgrade()) else {
             return;
         };
+        if bus.stopped.load(Ordering::Acquire) {
+            return;
+        }
         let _ = l2.publish(bus.channel(), &bus.beacon()).await;
         if bus.lost_pending.swap(false, Ordering::AcqRel) {
             match l2.hincr(&bus.gen_key, LOST_FIELD).await {
@@ -328,11 +344,13 @@ async fn supervise(ctx: Ctx, mut initial: Option<Subscription>) {
         bus.up.store(false, Ordering::Release);
         local.flush(FlushReason::BusRestart);
         Counters::bump(&local.table.runtime().bus_restarts);
-        tracing::warn!(
-            task,
-            panicked = result.as_ref().is_err_and(|e| e.is_panic()),
-            "tiered: an invalidation bus task ended unexpectedly; L1 flushed, restarting it"
-        );
+        if bus.logs.allow("bus restart") {
+            tracing::warn!(
+                task,
+                panicked = result.as_ref().is_err_and(|e| e.is_panic()),
+                "tiered: an invalidation bus task ended unexpectedly; L1 flushed, restarting it (logged at most once a minute)"
+            );
+        }
         drop((local, bus));
         tokio::time::sleep(MIN_BACKOFF).await;
     }
@@ -368,7 +386,13 @@ async fn subscriber(ctx: Ctx, mut initial: Option<Subscription>, tx: mpsc::Sende
                     }
                     Err(e) => {
                         if is_auth(&e) {
-                            tracing::error!(error = %describe(&e), "tiered: Redis refuses the invalidation subscription; retrying");
+                            if ctx
+                                .bus
+                                .upgrade()
+                                .is_some_and(|b| b.logs.allow("subscribe refused"))
+                            {
+                                tracing::error!(error = %describe(&e), "tiered: Redis refuses the invalidation subscription; retrying (logged at most once a minute)");
+                            }
                         } else {
                             tracing::debug!(error = %describe(&e), "tiered: resubscribe attempt failed");
                         }
@@ -573,13 +597,7 @@ fn lost(local: &Local, loss: Loss) {
 
 fn overflow(local: &Local, bus: &Bus) {
     local.flush(FlushReason::Overflow);
-    let now = Instant::now();
-    let mut last = bus
-        .last_overflow_warn
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60)) {
-        *last = Some(now);
+    if bus.logs.allow("queue full") {
         tracing::warn!(
             capacity = bus.queue_capacity,
             "tiered: invalidation queue full; flushing L1 instead of dropping messages (rate-limited: once a minute; see l1_flushes_overflow)"

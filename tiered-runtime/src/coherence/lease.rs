@@ -46,28 +46,69 @@ struct Orphan {
 pub(crate) struct Janitor {
     tx: mpsc::Sender<Orphan>,
     table: Arc<SiteTable>,
+    stop: Arc<tokio::sync::Notify>,
+    done: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Janitor {
-    /// Starts the janitor task of a runtime (it ends with the runtime's L2).
+    /// Starts the janitor task of a runtime (it ends with the runtime's L2, or at
+    /// [`stop`](Self::stop)).
     pub(crate) fn start(l2: Weak<L2>, table: Arc<SiteTable>) -> Janitor {
         let (tx, rx) = mpsc::channel(JANITOR_QUEUE);
-        tokio::spawn(sweep(l2, table.clone(), rx));
-        Janitor { tx, table }
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let done = tokio::spawn(sweep(l2, table.clone(), rx, stop.clone()));
+        Janitor {
+            tx,
+            table,
+            stop,
+            done: std::sync::Mutex::new(Some(done)),
+        }
+    }
+
+    /// Shutdown: one last attempt at the releases pending, then the task ends; waits for it at
+    /// most `timeout` (leases left expire in Redis by their TTL, counted as abandoned).
+    pub(crate) async fn stop(&self, timeout: Duration) {
+        self.stop.notify_one();
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(mut done) = done
+            && tokio::time::timeout(timeout, &mut done).await.is_err()
+        {
+            done.abort();
+        }
     }
 }
 
-async fn sweep(l2: Weak<L2>, table: Arc<SiteTable>, mut rx: mpsc::Receiver<Orphan>) {
+async fn sweep(
+    l2: Weak<L2>,
+    table: Arc<SiteTable>,
+    mut rx: mpsc::Receiver<Orphan>,
+    stop: Arc<tokio::sync::Notify>,
+) {
     let mut pending: Vec<Orphan> = Vec::new();
     let mut retry = MIN_RETRY;
+    let mut stopping = false;
     loop {
+        if stopping {
+            // Last round done.
+            let c = table.runtime();
+            for _ in &pending {
+                Counters::bump(&c.leases_abandoned);
+            }
+            return;
+        }
         if pending.is_empty() {
-            match rx.recv().await {
-                Some(o) => pending.push(o),
-                None => return,
+            tokio::select! {
+                o = rx.recv() => match o {
+                    Some(o) => pending.push(o),
+                    None => return,
+                },
+                () = stop.notified() => stopping = true,
             }
         } else {
-            tokio::time::sleep(retry).await;
+            tokio::select! {
+                () = tokio::time::sleep(retry) => {}
+                () = stop.notified() => stopping = true,
+            }
         }
         while let Ok(o) = rx.try_recv() {
             pending.push(o);

@@ -60,7 +60,7 @@ impl FlushReason {
 
 /// This instance's flights, L1s and cached generations.
 pub(crate) struct Local {
-    pub(crate) flights: Flights,
+    pub(crate) flights: Arc<Flights>,
     pub(crate) table: Arc<SiteTable>,
     pub(crate) generations: Generations,
     #[cfg(feature = "test-hooks")]
@@ -70,7 +70,7 @@ pub(crate) struct Local {
 impl Local {
     pub(crate) fn new(table: Arc<SiteTable>) -> Local {
         Local {
-            flights: Flights::new(),
+            flights: Arc::new(Flights::new()),
             table,
             generations: Generations::default(),
             #[cfg(feature = "test-hooks")]

@@ -177,7 +177,7 @@ pub(crate) struct L2 {
     backend: Backend,
     breaker: Arc<Breaker>,
     timeout: Duration,
-    last_server_warn: Mutex<Option<Instant>>,
+    logs: crate::logs::Limiter,
     /// Until then, Redis is taken to refuse writes (`OOM` under `noeviction`, `READONLY` on a
     /// replica): reads skip the lease and use a plain `GET`.
     writes_refused_until: Mutex<Option<Instant>>,
@@ -207,7 +207,7 @@ impl L2 {
             backend: Backend::Single(single),
             breaker,
             timeout: config.l2_timeout,
-            last_server_warn: Mutex::new(None),
+            logs: crate::logs::Limiter::default(),
             writes_refused_until: Mutex::new(None),
             writes_ever_refused: AtomicBool::new(false),
             stats,
@@ -216,6 +216,13 @@ impl L2 {
 
     pub(crate) fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Closes the connection for good (shutdown).
+    pub(crate) fn close(&self) {
+        match &self.backend {
+            Backend::Single(s) => s.close(),
+        }
     }
 
     pub(crate) fn is_connected(&self) -> bool {
@@ -427,6 +434,65 @@ impl L2 {
         Ok(filled == 1)
     }
 
+    /// `SET lock token NX PX ttl`: whether the lock is now ours.
+    pub(crate) async fn try_lock(
+        &self,
+        lock: &str,
+        token: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, L2Error> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(lock)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(ttl));
+        let reply: Option<redis::Value> = self.exec_req(Request::Cmd(&cmd)).await?;
+        Ok(reply.is_some())
+    }
+
+    /// Writes `value` under `key` only while the key still holds the write identified by
+    /// `tag` (its [`version_tag`](crate::codec::version_tag)): a refresh overwrites only the
+    /// version it read, never one written since, nor a key an invalidation deleted. `ttl`
+    /// `None` keeps the key's remaining lifetime (`KEEPTTL`). Then releases `lock` (ours) in
+    /// the same round trip.
+    pub(crate) async fn replace_version(
+        &self,
+        key: &str,
+        tag: &[u8],
+        value: &[u8],
+        ttl: Option<Duration>,
+        lock: Option<(&str, &[u8])>,
+    ) -> Result<bool, L2Error> {
+        const REPLACE: &str = "local v = redis.call('GET', KEYS[1]) \
+            if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then \
+              if ARGV[3] == 'KEEPTTL' then redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') \
+              else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end \
+              return 1 end return 0";
+        let mut p = redis::pipe();
+        let eval = p
+            .cmd("EVAL")
+            .arg(REPLACE)
+            .arg(1)
+            .arg(key)
+            .arg(tag)
+            .arg(value);
+        match ttl {
+            Some(ttl) => eval.arg(millis(ttl)),
+            None => eval.arg("KEEPTTL"),
+        };
+        if let Some((lock, token)) = lock {
+            p.cmd("EVAL")
+                .arg(DEL_IF_EQUAL)
+                .arg(1)
+                .arg(lock)
+                .arg(token)
+                .ignore();
+        }
+        let (replaced,): (i64,) = self.exec(&p).await?;
+        Ok(replaced == 1)
+    }
+
     /// Deletes each key only while it still holds exactly the given bytes (a lease of ours,
     /// or bytes judged foreign), in one round trip.
     pub(crate) async fn release_many(&self, items: &[(&str, &[u8])]) -> Result<(), L2Error> {
@@ -564,15 +630,12 @@ impl L2 {
         }
     }
 
-    /// Server errors (OOM, READONLY, …) are swallowed by callers; say so at most once a minute.
+    /// Server errors (OOM, READONLY, …) are swallowed by callers; say so at most once a minute
+    /// per error code.
     fn warn_server_error(&self, e: &redis::RedisError) {
-        let mut last = self
-            .last_server_warn
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-            *last = Some(Instant::now());
-            tracing::warn!(error = %describe(e), "tiered: Redis refused an L2 command; the call was served without it (rate-limited: once a minute)");
+        let cause = codes(e).join(",");
+        if self.logs.allow(&cause) {
+            tracing::warn!(error = %describe(e), "tiered: Redis refused an L2 command; the call was served without it (logged at most once a minute per error code)");
         }
     }
 }

@@ -46,6 +46,9 @@ pub(crate) struct Single {
     lease_read: LeaseRead,
     /// The lease read in use on the current connection: `true` for the pipelined form.
     pipelined: AtomicBool,
+    /// Shut down: no connection is made or kept any more.
+    closed: AtomicBool,
+    logs: crate::logs::Limiter,
 }
 
 /// The version of a server from its `INFO server` reply (`redis_version:7.0.15`).
@@ -81,6 +84,8 @@ impl Single {
             stats,
             lease_read: config.lease_read,
             pipelined: AtomicBool::new(config.lease_read == LeaseRead::Pipelined),
+            closed: AtomicBool::new(false),
+            logs: crate::logs::Limiter::default(),
         });
         match single.connect().await {
             Ok(conn) => {
@@ -176,7 +181,7 @@ impl Single {
     /// The server refused `SET … NX GET` as a syntax error: it predates 7.0 whatever it
     /// reports. Pipelined reads from now on (until a reconnect chooses again).
     pub(crate) fn refuse_set_nx_get(&self) {
-        if !self.pipelined.swap(true, Ordering::Relaxed) {
+        if !self.pipelined.swap(true, Ordering::Relaxed) && self.logs.allow("set-nx-get") {
             tracing::warn!(redis = %self.addr, "tiered: Redis refused `SET … NX GET`; reading with GET and SET NX pipelined instead");
         }
     }
@@ -215,7 +220,17 @@ impl Single {
         }
     }
 
+    /// Drops the connection for good and stops the supervisor.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.lost.notify_one();
+    }
+
     fn install(&self, conn: MultiplexedConnection) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Current { id, conn });
         Counters::bump(&self.stats.runtime().l2_connects);
@@ -243,7 +258,11 @@ impl Single {
         if cur.as_ref().is_some_and(|c| c.id == id) {
             *cur = None;
             drop(cur);
-            tracing::warn!(redis = %self.addr, "tiered: lost the Redis connection; reconnecting in the background");
+            if self.logs.allow("connection lost") {
+                tracing::warn!(redis = %self.addr, "tiered: lost the Redis connection; reconnecting in the background (logged at most once a minute)");
+            } else {
+                tracing::debug!(redis = %self.addr, "tiered: lost the Redis connection; reconnecting in the background");
+            }
         }
         self.lost.notify_one();
     }
@@ -280,6 +299,9 @@ async fn supervise(weak: Weak<Single>) {
     let mut misses = 0u32;
     loop {
         let Some(this) = weak.upgrade() else { return };
+        if this.closed.load(Ordering::Acquire) {
+            return;
+        }
         match this.checkout() {
             None => {
                 match this.connect().await {
@@ -291,10 +313,10 @@ async fn supervise(weak: Weak<Single>) {
                         tracing::info!(redis = %this.addr, "tiered: connected to Redis");
                         continue;
                     }
-                    Err(e) if is_auth(&e) => tracing::error!(
+                    Err(e) if is_auth(&e) && this.logs.allow("credentials") => tracing::error!(
                         redis = %this.addr,
                         error = %describe(&e),
-                        "tiered: Redis refuses the configured credentials; L2 stays off until it accepts them"
+                        "tiered: Redis refuses the configured credentials; L2 stays off until it accepts them (logged at most once a minute)"
                     ),
                     Err(e) => {
                         tracing::debug!(redis = %this.addr, error = %describe(&e), "tiered: reconnect attempt failed")
@@ -326,7 +348,9 @@ async fn supervise(weak: Weak<Single>) {
                         misses += 1;
                         if misses >= HEARTBEAT_MISSES {
                             misses = 0;
-                            tracing::warn!(redis = %this.addr, "tiered: Redis stopped answering heartbeats; replacing the connection");
+                            if this.logs.allow("heartbeats") {
+                                tracing::warn!(redis = %this.addr, "tiered: Redis stopped answering heartbeats; replacing the connection (logged at most once a minute)");
+                            }
                             this.lose(id);
                         }
                     }
