@@ -1,5 +1,5 @@
-//! Rolling deploys: two wire versions side by side in one Redis. This build (envelope wire 3,
-//! bus 2) next to writers of wire 1 and 2 (the previous envelopes) and a writer of wire 4 (a
+//! Rolling deploys: two wire versions side by side in one Redis. This build (envelope wire 4,
+//! bus 2) next to writers of wire 1, 2 and 3 (the previous envelopes) and a writer of wire 5 (a
 //! future one), in the roles they play during a deploy: nobody deletes the other's values in a loop,
 //! and nobody misses the other's invalidations.
 
@@ -21,17 +21,18 @@ fn fingerprint() -> [u8; 16] {
 }
 
 /// `value` in the envelope of another wire version (1: no generations; 2: generations, no
-/// expiry; 4: a future layout this build cannot know).
+/// expiry; 3: an expiry, no "kept until" nor nonce; 5: a future layout this build cannot know).
 fn envelope(version: u8, value: u64) -> Vec<u8> {
-    let v3 = codec::encode(&fingerprint(), Stamp::default(), &value).expect("encode");
+    let v4 = codec::encode(&fingerprint(), Stamp::default(), &value).expect("encode");
     let header = match version {
         1 => 20,
         2 => 36,
+        3 => 44,
         _ => codec::HEADER_LEN,
     };
-    let mut other = v3[..header].to_vec();
+    let mut other = v4[..header].to_vec();
     other[2] = version;
-    other.extend_from_slice(&v3[codec::HEADER_LEN..]);
+    other.extend_from_slice(&v4[codec::HEADER_LEN..]);
     other
 }
 
@@ -41,7 +42,7 @@ async fn runtime(url: &str) -> Runtime {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_wire_versions_side_by_side_neither_deletes_the_others_values() {
-    assert_eq!(WIRE_VERSION, 3);
+    assert_eq!(WIRE_VERSION, 4);
     let redis = RedisServer::start();
     let rt = runtime(&redis.url()).await;
     // Older writers' values: read as values (wire 1: written under generation 0).
@@ -49,10 +50,12 @@ async fn two_wire_versions_side_by_side_neither_deletes_the_others_values() {
     assert_eq!(rt.scope(w(1)).await, 41, "a wire-1 value is a hit");
     redis.set("cp:w:<3>", &envelope(2, 43));
     assert_eq!(rt.scope(w(3)).await, 43, "a wire-2 value is a hit");
+    redis.set("cp:w:<4>", &envelope(3, 44));
+    assert_eq!(rt.scope(w(4)).await, 44, "a wire-3 value is a hit");
     assert_eq!(rt.stats().total.computations, 0);
     // A newer writer's value: a miss for this build, never deleted nor overwritten, however
     // often it is read.
-    let newer = envelope(4, 42);
+    let newer = envelope(5, 42);
     redis.set("cp:w:<2>", &newer);
     for _ in 0..3 {
         rt.flush_l1();

@@ -15,7 +15,7 @@ static SHORT: Site = Site::new(
         tiers: Tiers::Both,
         promote: 0,
         version: 0,
-        jitter: None,
+        ..SiteOptions::DEFAULT
     },
 );
 

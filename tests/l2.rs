@@ -30,7 +30,7 @@ const fn opts(promote: u32) -> SiteOptions {
         tiers: Tiers::Both,
         promote,
         version: 0,
-        jitter: None,
+        ..SiteOptions::DEFAULT
     }
 }
 
@@ -193,7 +193,7 @@ static LONG_TTL: Site = Site::new(
         tiers: Tiers::Both,
         promote: 1,
         version: 0,
-        jitter: None,
+        ..SiteOptions::DEFAULT
     },
 );
 
