@@ -158,9 +158,25 @@ impl Breaker {
         }
     }
 
-    /// The connection was re-established: start over closed.
-    pub(crate) fn reset(&self) -> Transitioned {
-        self.success()
+    /// The connection was re-established. A new connection proves the server accepts
+    /// connections, not that it answers commands (a paused or sleeping server does both): an
+    /// open breaker lets the next operation probe at once (its success closes the breaker, its
+    /// failure re-opens it without a new WARN), and a closed one forgets its failures. So one
+    /// stall logs one opening and one closing, however often the connection is replaced.
+    pub(crate) fn reset(&self) {
+        let mut s = self.lock();
+        match *s {
+            State::Open { .. } => self.set(
+                &mut s,
+                State::Open {
+                    until: Instant::now(),
+                },
+            ),
+            State::Closed { failures } if failures > 0 => {
+                self.set(&mut s, State::Closed { failures: 0 });
+            }
+            _ => {}
+        }
     }
 
     fn probe_done(&self, ok: bool) -> Transitioned {
@@ -241,6 +257,35 @@ mod tests {
             }
             Admission::Reject => "reject",
         }
+    }
+
+    #[test]
+    fn a_new_connection_lets_an_open_breaker_probe_but_does_not_close_it() {
+        let b = breaker(1, Duration::from_secs(60));
+        assert!(b.failure());
+        assert_eq!(admitted(&b), "reject");
+        b.reset();
+        assert!(b.is_open(), "a new connection is not a successful command");
+        match b.admit().0 {
+            Admission::Probe(p) => {
+                p.report(false);
+            }
+            _ => panic!("expected a probe"),
+        }
+        assert!(b.is_open());
+        assert_eq!(
+            admitted(&b),
+            "reject",
+            "a failed probe re-opens for the cooldown"
+        );
+        b.reset();
+        match b.admit().0 {
+            Admission::Probe(p) => {
+                p.report(true);
+            }
+            _ => panic!("expected a probe"),
+        }
+        assert!(!b.is_open(), "a successful probe closes it");
     }
 
     #[test]
