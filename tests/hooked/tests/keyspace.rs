@@ -53,6 +53,8 @@ async fn user_arguments_never_reach_the_runtimes_own_keys() {
         "!lost",
         "%~probe",
         "%~probe-gen",
+        "%~refresh:named:<seed>",
+        "~refresh",
         "~gen",
         "gen",
         "__tiered_gen__",
