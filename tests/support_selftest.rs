@@ -1,6 +1,7 @@
 //! The test support fails loudly, with an install hint, when `redis-server` is missing; its
 //! TCP proxy passes, holds, refuses, swallows, delays and cuts links, for every connection or
-//! one kind only.
+//! one kind only; and its server faults (`CLIENT PAUSE`, `DEBUG SLEEP`, `maxmemory`) take
+//! effect.
 
 mod support;
 
@@ -9,7 +10,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use support::proxy::{Mode, Proxy, Target};
-use support::{RedisServer, bounded};
+use support::{Pause, RedisServer, bounded};
 
 /// `TIERED_REDIS_SERVER` is process-wide and `RedisServer::start` reads it. Every test of this
 /// binary holds this lock for its whole body, so the one that points the variable at a missing
@@ -326,4 +327,70 @@ async fn proxy_faults_can_target_the_subscriber_or_the_data_connections() {
             .expect("PING after the hold"),
         "PONG"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_faults_pause_sleep_and_cap_memory() {
+    let _env = bounded("ENV lock", ENV.lock()).await;
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url()).expect("url");
+    let mut conn = bounded("connect", client.get_multiplexed_async_connection())
+        .await
+        .expect("connect");
+
+    // CLIENT PAUSE WRITE: reads go on, writes wait for the end of the pause.
+    server.client_pause(300, Pause::Write);
+    let t = Instant::now();
+    bounded("GET during a write pause", get(&mut conn, "k"))
+        .await
+        .expect("GET");
+    let read = t.elapsed();
+    let t = Instant::now();
+    bounded(
+        "SET during a write pause",
+        redis::cmd("SET")
+            .arg("k")
+            .arg("v")
+            .query_async::<()>(&mut conn),
+    )
+    .await
+    .expect("SET");
+    let write = t.elapsed();
+    println!("CLIENT PAUSE 300 WRITE: GET {read:?}, SET {write:?}");
+    assert!(write >= Duration::from_millis(200), "SET took {write:?}");
+
+    // CLIENT PAUSE ALL: reads wait too.
+    server.client_pause(300, Pause::All);
+    let t = Instant::now();
+    bounded("GET during a pause", get(&mut conn, "k"))
+        .await
+        .expect("GET");
+    let paused = t.elapsed();
+    println!("CLIENT PAUSE 300 ALL: GET {paused:?}");
+    assert!(paused >= Duration::from_millis(200), "GET took {paused:?}");
+
+    // DEBUG SLEEP: the whole server stops, the caller does not wait for it.
+    let t = Instant::now();
+    let sleep = server.debug_sleep(0.3);
+    let returned = t.elapsed();
+    bounded("PING during DEBUG SLEEP", ping(&mut conn))
+        .await
+        .expect("PING");
+    let blocked = t.elapsed();
+    let reply = tokio::task::spawn_blocking(move || sleep.join().expect("DEBUG SLEEP thread"));
+    let reply = bounded("DEBUG SLEEP reply", reply).await.expect("join");
+    println!("DEBUG SLEEP 0.3: returned in {returned:?}, a PING took {blocked:?}, reply {reply}");
+    assert_eq!(reply, "+OK");
+    assert!(
+        blocked >= Duration::from_millis(200),
+        "PING took {blocked:?}"
+    );
+
+    // maxmemory with noeviction: a large write is refused with OOM once memory is full.
+    server.maxmemory(1, "noeviction");
+    let big = vec![b'x'; 64 * 1024];
+    let refused = server.try_cmd::<()>(&[b"SET", b"big", &big]);
+    let err = refused.expect_err("SET over maxmemory");
+    assert_eq!(err.code(), Some("OOM"), "{err}");
+    server.maxmemory(0, "noeviction");
 }

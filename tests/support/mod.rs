@@ -1,8 +1,14 @@
 //! Test support: a real `redis-server` per test, and helpers to read what it holds.
 //!
 //! Every test that claims L2 behaviour spawns its own server on a free 127.0.0.1 port with
-//! `--save "" --appendonly no`; it is killed (SIGKILL) when the value is dropped. Nothing here
-//! ever talks to a server the test did not start.
+//! `--save "" --appendonly no --enable-debug-command yes`; it is killed (SIGKILL) when the value
+//! is dropped. Nothing here ever talks to a server the test did not start.
+//!
+//! Faults a test can inject, besides the TCP proxy ([`proxy`]): kill the process and start it
+//! again empty on the same port ([`RedisServer::kill`], [`RedisServer::restart`]), freeze and
+//! thaw it ([`RedisServer::freeze`], [`RedisServer::thaw`]: SIGSTOP/SIGCONT, TCP stays up),
+//! pause its clients ([`RedisServer::client_pause`]), block its event loop
+//! ([`RedisServer::debug_sleep`]) and cap its memory ([`RedisServer::maxmemory`]).
 #![allow(dead_code)]
 
 pub mod proxy;
@@ -132,6 +138,9 @@ impl RedisServer {
             "",
             "--appendonly",
             "no",
+            // `DEBUG SLEEP` (refused by default since Redis 7.0); redis-test does the same.
+            "--enable-debug-command",
+            "yes",
         ])
         .args(["--dir", &std::env::temp_dir().to_string_lossy()])
         .args(&self.extra)
@@ -299,6 +308,105 @@ impl RedisServer {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     }
+
+    /// Runs one command and returns its reply or the server's error (e.g. `OOM`).
+    pub fn try_cmd<T: redis::FromRedisValue>(&self, args: &[&[u8]]) -> redis::RedisResult<T> {
+        let mut c = redis::cmd(std::str::from_utf8(args[0]).expect("command name"));
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query(&mut self.conn())
+    }
+
+    /// `CLIENT PAUSE ms ALL|WRITE`: returns at once; the server stops serving every command
+    /// ([`Pause::All`]) or every write, `PUBLISH` included ([`Pause::Write`]), from other
+    /// clients for `ms` milliseconds. Keys neither expire nor are evicted meanwhile.
+    pub fn client_pause(&self, ms: u64, what: Pause) {
+        let what: &[u8] = match what {
+            Pause::All => b"ALL",
+            Pause::Write => b"WRITE",
+        };
+        self.cmd::<()>(&[b"CLIENT", b"PAUSE", ms.to_string().as_bytes(), what]);
+    }
+
+    /// `DEBUG SLEEP secs`: blocks the whole server (its event loop) for `secs` seconds. The
+    /// command is written on a connection of its own before this returns (so the server
+    /// starts sleeping as soon as it reads it, without waiting for anyone); its reply is read
+    /// on a thread. Join the handle to wait until the server answers again.
+    pub fn debug_sleep(&self, secs: f64) -> std::thread::JoinHandle<String> {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))
+            .expect("connect for DEBUG SLEEP");
+        if let Some(pw) = self.password() {
+            s.write_all(&resp(&[b"AUTH", pw.as_bytes()]))
+                .expect("send AUTH");
+            read_line(&mut s);
+        }
+        let secs = secs.to_string();
+        s.write_all(&resp(&[b"DEBUG", b"SLEEP", secs.as_bytes()]))
+            .expect("send DEBUG SLEEP");
+        std::thread::spawn(move || {
+            // The server answers when it wakes up; a bound keeps a bug from hanging the test.
+            let _ = s.set_read_timeout(Some(BOUND));
+            read_line(&mut s)
+        })
+    }
+
+    /// `CONFIG SET maxmemory-policy policy` then `CONFIG SET maxmemory bytes` (`0`: no limit).
+    /// `policy` is one of Redis's, e.g. `noeviction` or `allkeys-lru`.
+    pub fn maxmemory(&self, bytes: u64, policy: &str) {
+        self.cmd::<()>(&[b"CONFIG", b"SET", b"maxmemory-policy", policy.as_bytes()]);
+        self.cmd::<()>(&[
+            b"CONFIG",
+            b"SET",
+            b"maxmemory",
+            bytes.to_string().as_bytes(),
+        ]);
+    }
+
+    /// A field of `INFO` (e.g. `used_memory`, `evicted_keys`), `None` if absent.
+    pub fn info_field(&self, name: &str) -> Option<String> {
+        let info: String = self.cmd(&[b"INFO", b"all"]);
+        let prefix = format!("{name}:");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.trim().to_owned())
+    }
+}
+
+/// What [`RedisServer::client_pause`] pauses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pause {
+    /// Every command.
+    All,
+    /// Writes (`SET`, `DEL`, `EVAL`, `PUBLISH` …); reads and `PING` go on.
+    Write,
+}
+
+/// One command in RESP (an array of bulk strings).
+fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Reads one reply line (`+OK`, `-ERR …`) from a raw connection, without its `\r\n`; an empty
+/// string if the connection failed or closed first.
+fn read_line(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(line.strip_suffix(b"\r\n").unwrap_or(&line)).into_owned()
 }
 
 impl Drop for RedisServer {
