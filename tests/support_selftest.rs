@@ -1,7 +1,7 @@
 //! The test support fails loudly, with an install hint, when `redis-server` is missing; its
 //! TCP proxy passes, holds, refuses, swallows, delays and cuts links, for every connection or
-//! one kind only; and its server faults (`CLIENT PAUSE`, `DEBUG SLEEP`, `maxmemory`) take
-//! effect.
+//! one kind only; its server faults (`CLIENT PAUSE`, `DEBUG SLEEP`, `maxmemory`) take effect;
+//! and its log capture keeps each test's events apart.
 
 mod support;
 
@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use support::logs::Logs;
 use support::proxy::{Mode, Proxy, Target};
 use support::{Pause, RedisServer, bounded};
 
@@ -393,4 +394,45 @@ async fn server_faults_pause_sleep_and_cap_memory() {
     let err = refused.expect_err("SET over maxmemory");
     assert_eq!(err.code(), Some("OOM"), "{err}");
     server.maxmemory(0, "noeviction");
+}
+
+#[test]
+fn log_capture_keeps_each_tests_events_apart() {
+    let (a, b) = (Logs::new(), Logs::new());
+    let mark = a.mark();
+    a.block_on(2, async {
+        tracing::warn!(secret = "S3cr3t-canary", "from a's runtime");
+        // On a spawned task, on whichever worker runs it: tagged too.
+        tokio::spawn(async { tracing::error!("from a task of a's runtime") })
+            .await
+            .expect("task");
+        tokio::task::spawn_blocking(|| tracing::info!("from a's blocking pool"))
+            .await
+            .expect("blocking task");
+    });
+    {
+        let _b = b.enter();
+        tracing::warn!("from b's thread");
+    }
+    tracing::warn!("from an untagged thread");
+    let texts: Vec<String> = a.since(mark).iter().map(|e| e.text()).collect();
+    assert_eq!(texts.len(), 3, "{texts:#?}");
+    assert_eq!(
+        (
+            a.count(mark, tracing::Level::WARN),
+            a.count(mark, tracing::Level::ERROR)
+        ),
+        (1, 1)
+    );
+    assert_eq!(a.events()[0].field("secret"), Some("S3cr3t-canary"));
+    assert_eq!(
+        a.matching(mark, tracing::Level::INFO, "blocking pool")
+            .len(),
+        1
+    );
+    let b_texts: Vec<String> = b.events().iter().map(|e| e.text()).collect();
+    assert_eq!(b_texts.len(), 1, "{b_texts:#?}");
+    assert!(b_texts[0].contains("from b's thread"));
+    b.assert_absent("S3cr3t-canary");
+    assert_eq!(a.containing("S3cr3t-canary").len(), 1, "found in a field");
 }

@@ -8,9 +8,11 @@
 //! again empty on the same port ([`RedisServer::kill`], [`RedisServer::restart`]), freeze and
 //! thaw it ([`RedisServer::freeze`], [`RedisServer::thaw`]: SIGSTOP/SIGCONT, TCP stays up),
 //! pause its clients ([`RedisServer::client_pause`]), block its event loop
-//! ([`RedisServer::debug_sleep`]) and cap its memory ([`RedisServer::maxmemory`]).
+//! ([`RedisServer::debug_sleep`]) and cap its memory ([`RedisServer::maxmemory`]). [`logs`]
+//! captures the runtime's log events for assertions.
 #![allow(dead_code)]
 
+pub mod logs;
 pub mod proxy;
 
 use std::net::TcpListener;
@@ -476,10 +478,8 @@ impl Calls {
     }
 }
 
-/// Captures nothing but makes `RUST_LOG=debug cargo test` show the runtime's logs.
+/// Makes `RUST_LOG=debug cargo test` show the runtime's logs (and installs the log capture of
+/// [`logs`], which records only what tests tag).
 pub fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    logs::install();
 }
