@@ -21,6 +21,7 @@ use std::cell::Cell;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
+use std::time::Instant;
 
 use tracing::field::{Field, Visit};
 use tracing::{Level, Subscriber};
@@ -38,6 +39,8 @@ pub struct Event {
     pub message: String,
     /// Its other fields, formatted as the event's `Display`/`Debug` would.
     pub fields: Vec<(&'static str, String)>,
+    /// When it was recorded.
+    pub at: Instant,
     tag: u64,
 }
 
@@ -89,6 +92,7 @@ impl<S: Subscriber> Layer<S> for Capture {
             target: meta.target().to_owned(),
             message: fields.message,
             fields: fields.others,
+            at: Instant::now(),
             tag,
         });
     }
@@ -250,6 +254,17 @@ impl Logs {
         for e in self.since(mark) {
             if e.level <= Level::WARN {
                 println!("{what}: {}", e.text());
+            }
+        }
+    }
+
+    /// Prints this test's events at `level` or more severe after `mark`, one a line, each with
+    /// its time since `origin` and prefixed by `what`: the story of a fault, as logged.
+    pub fn print_timeline(&self, what: &str, mark: usize, level: Level, origin: Instant) {
+        for e in self.since(mark) {
+            if e.level <= level {
+                let at = e.at.saturating_duration_since(origin);
+                println!("{what}: {at:>12.3?} {}", e.text());
             }
         }
     }

@@ -200,9 +200,26 @@ impl RedisServer {
         }
     }
 
-    /// Freezes the server (SIGSTOP): TCP stays up, nothing is answered.
+    /// Freezes the server (SIGSTOP): TCP stays up, nothing is answered. Returns once the
+    /// process is stopped (the signal is delivered asynchronously).
     pub fn freeze(&self) {
         self.signal("-STOP");
+        let deadline = Instant::now() + BOUND;
+        while self.process_state() != Some('T') {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not stop on SIGSTOP"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The state letter of the server process in `/proc/PID/stat` (`T`: stopped).
+    fn process_state(&self) -> Option<char> {
+        let pid = self.child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `PID (comm) S …`: the state follows the last `)` (a command name may hold one).
+        stat.rsplit_once(')')?.1.trim_start().chars().next()
     }
 
     /// Thaws a frozen server (SIGCONT).
@@ -332,26 +349,43 @@ impl RedisServer {
     }
 
     /// `DEBUG SLEEP secs`: blocks the whole server (its event loop) for `secs` seconds. The
-    /// command is written on a connection of its own before this returns (so the server
-    /// starts sleeping as soon as it reads it, without waiting for anyone); its reply is read
-    /// on a thread. Join the handle to wait until the server answers again.
+    /// command is sent on a connection of its own, and this returns once the server has
+    /// stopped answering (a `PING` on a third connection went unanswered for 50 ms), without
+    /// waiting for the sleep to end: its reply is read on a thread. Join the handle to wait
+    /// until the server answers again.
     pub fn debug_sleep(&self, secs: f64) -> std::thread::JoinHandle<String> {
         use std::io::Write;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port))
-            .expect("connect for DEBUG SLEEP");
-        if let Some(pw) = self.password() {
-            s.write_all(&resp(&[b"AUTH", pw.as_bytes()]))
-                .expect("send AUTH");
-            read_line(&mut s);
-        }
+        let mut s = self.raw_conn();
         let secs = secs.to_string();
         s.write_all(&resp(&[b"DEBUG", b"SLEEP", secs.as_bytes()]))
             .expect("send DEBUG SLEEP");
+        let mut probe = self.raw_conn();
+        let _ = probe.set_read_timeout(Some(Duration::from_millis(50)));
+        let deadline = Instant::now() + BOUND;
+        loop {
+            probe.write_all(&resp(&[b"PING"])).expect("send PING");
+            if read_line(&mut probe).is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "DEBUG SLEEP never took effect");
+        }
         std::thread::spawn(move || {
             // The server answers when it wakes up; a bound keeps a bug from hanging the test.
             let _ = s.set_read_timeout(Some(BOUND));
             read_line(&mut s)
         })
+    }
+
+    /// A raw connection to the server, authenticated if it has a password.
+    fn raw_conn(&self) -> std::net::TcpStream {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        if let Some(pw) = self.password() {
+            s.write_all(&resp(&[b"AUTH", pw.as_bytes()]))
+                .expect("send AUTH");
+            read_line(&mut s);
+        }
+        s
     }
 
     /// `CONFIG SET maxmemory-policy policy` then `CONFIG SET maxmemory bytes` (`0`: no limit).
