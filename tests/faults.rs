@@ -1,6 +1,7 @@
 //! Fault scenarios of the reliability plan (`RELIABILITY.md` §3, scenarios 18 to 24) against
-//! a real `redis-server` per test: Redis absent at startup, killed, or cut off behind the test
-//! proxy (`tests/support/proxy.rs`: refused, reset).
+//! a real `redis-server` per test: Redis absent at startup, killed, paused, put to sleep,
+//! frozen, cut off behind the test proxy (`tests/support/proxy.rs`: held, slowed down, reset)
+//! or out of memory.
 //!
 //! Under every fault each test checks that memoized calls keep answering with the right value
 //! (caller errors 0), that nothing panics (every task is joined), that nothing hangs (every
@@ -19,13 +20,14 @@
 mod support;
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::logs::Logs;
-use support::proxy::{Mode, Proxy};
-use support::{BOUND, RedisServer, bounded, wait_until};
+use support::proxy::{Mode, Proxy, Target};
+use support::{BOUND, Pause, RedisServer, bounded, wait_until};
 use tiered::{Builder, Counts, Plain, Runtime, Site, SiteOptions, memoize, tiered_cache};
 use tracing::Level;
 
@@ -90,9 +92,28 @@ impl Source {
             .or_default() += 1;
     }
 
+    /// Body runs for `id`.
+    fn runs(&self, id: u64) -> u64 {
+        self.0
+            .runs
+            .lock()
+            .expect("runs")
+            .get(&id)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Body runs for every key.
     fn total(&self) -> u64 {
         self.0.total.load(Ordering::SeqCst)
+    }
+
+    fn close_gate(&self) {
+        self.0.gate.send_replace(false);
+    }
+
+    fn open_gate(&self) {
+        self.0.gate.send_replace(true);
     }
 
     /// The body: counts the run, waits for the gate, reads the value.
@@ -209,6 +230,51 @@ async fn join(tasks: Vec<tokio::task::JoinHandle<Tally>>) -> Tally {
         all.merge(bounded("load task", t).await.expect("load task panicked"));
     }
     all
+}
+
+/// `callers` concurrent calls of each key of `ids` on `rt`, never computed before. Every body
+/// waits until all callers have joined their key's flight, so the calls overlap whatever the
+/// machine's speed; then each key must have been computed exactly once.
+async fn burst(
+    rt: &Runtime,
+    site: &'static Site,
+    src: &Source,
+    ids: Range<u64>,
+    callers: u64,
+) -> Tally {
+    let waits = |rt: &Runtime| {
+        rt.stats()
+            .site(site.name())
+            .map_or(0, |c: &Counts| c.coalesced_waits)
+    };
+    let before = waits(rt);
+    src.close_gate();
+    let mut tasks = Vec::new();
+    for id in ids.clone() {
+        for _ in 0..callers {
+            let (rt, src) = (rt.clone(), src.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tally = Tally::default();
+                tally.call(&rt, site, &src, id).await;
+                tally
+            }));
+        }
+    }
+    let followers = (ids.end - ids.start) * (callers - 1);
+    wait_until("every caller joined its key's flight", || {
+        waits(rt) - before >= followers
+    })
+    .await;
+    src.open_gate();
+    let tally = join(tasks).await;
+    for id in ids {
+        assert_eq!(
+            src.runs(id),
+            1,
+            "key {id}: computes per key during the burst"
+        );
+    }
+    tally
 }
 
 /// `rt`'s counters now.
@@ -507,6 +573,447 @@ async fn scenario_19_kill_9_and_restart_empty_under_load() {
         );
         assert_eq!(stale, 0, "B served a stale value after A's invalidation");
     }
+}
+
+static S20: Site = Site::new("faults::s20", "s20:<id>", SiteOptions::DEFAULT);
+
+/// How scenario 20 hangs the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hang {
+    /// `CLIENT PAUSE 3000 ALL`.
+    PauseAll,
+    /// `CLIENT PAUSE 3000 WRITE`: reads and `PING` go on; `SET`, `DEL`, `EVAL`, `PUBLISH` wait
+    /// (so do our L2 reads, which take the fill lease with `SET … NX GET`).
+    PauseWrite,
+    /// `DEBUG SLEEP 2`.
+    DebugSleep,
+    /// SIGSTOP for 5 s, then SIGCONT.
+    Sigstop,
+}
+
+/// Scenario 20, `CLIENT PAUSE 3000 ALL`; see [`scenario_20`].
+#[test]
+fn scenario_20_client_pause_all() {
+    scenario_20(Hang::PauseAll);
+}
+
+/// Scenario 20, `CLIENT PAUSE 3000 WRITE`; see [`scenario_20`].
+#[test]
+fn scenario_20_client_pause_write() {
+    scenario_20(Hang::PauseWrite);
+}
+
+/// Scenario 20, `DEBUG SLEEP 2`; see [`scenario_20`].
+#[test]
+fn scenario_20_debug_sleep() {
+    scenario_20(Hang::DebugSleep);
+}
+
+/// Scenario 20, SIGSTOP for 5 s then SIGCONT; see [`scenario_20`].
+#[test]
+fn scenario_20_sigstop_then_sigcont() {
+    scenario_20(Hang::Sigstop);
+}
+
+/// Scenario 20: the server hangs for the plan's full duration (`CLIENT PAUSE` 3 s, `DEBUG
+/// SLEEP` 2 s, SIGSTOP 5 s; not scaled) with TCP up, under a runtime with `l2_timeout` 100 ms.
+/// An invalidation sent as the hang starts returns within its bound with an `Err` for the
+/// remote part, having evicted the key locally (its latency is printed); twenty concurrent
+/// callers of each of ten new keys get one computation per key; calls keep answering under the
+/// 1 s ceiling, computing when L2 stalls; the breaker opens and closes (counted), and the logs
+/// show exactly one transition each way: one WARN when it opens, one INFO when it closes.
+fn scenario_20(hang: Hang) {
+    let length = match hang {
+        Hang::PauseAll | Hang::PauseWrite => Duration::from_secs(3),
+        Hang::DebugSleep => Duration::from_secs(2),
+        Hang::Sigstop => Duration::from_secs(5),
+    };
+    let logs = Logs::new();
+    logs.block_on(2, async {
+        let redis = RedisServer::start();
+        let src = Source::new();
+        let a = build(builder(&redis.url(), "f20").l2_timeout(Duration::from_millis(100))).await;
+        for id in 0..50 {
+            assert_eq!(a.scope(call(&S20, &src, id)).await, src.value(id));
+        }
+        let before = counts(&a);
+        let mark = logs.mark();
+        let ms = length.as_millis() as u64;
+        let started = Instant::now();
+        let sleeper = match hang {
+            Hang::PauseAll => {
+                redis.client_pause(ms, Pause::All);
+                None
+            }
+            Hang::PauseWrite => {
+                redis.client_pause(ms, Pause::Write);
+                None
+            }
+            Hang::DebugSleep => Some(tokio::task::block_in_place(|| {
+                redis.debug_sleep(length.as_secs_f64())
+            })),
+            Hang::Sigstop => {
+                tokio::task::block_in_place(|| redis.freeze());
+                None
+            }
+        };
+
+        // An invalidation as the hang starts: bounded, evicts locally, reports the rest.
+        let hits = l1_hits(&a, &S20);
+        let t = Instant::now();
+        let invalidated = bounded("invalidate during the hang", a.invalidate(&S20, &[&0u64])).await;
+        let invalidate_latency = t.elapsed();
+        let err = invalidated.expect_err("the remote part of an invalidation cannot succeed now");
+        let mut tally = Tally::default();
+        tally.call(&a, &S20, &src, 0).await;
+        assert_eq!(l1_hits(&a, &S20), hits, "the invalidated key was evicted from L1");
+
+        // Concurrent callers of new keys: one computation per key.
+        let burst = burst(&a, &S20, &src, 1000..1010, 20).await;
+
+        // Calls until the hang ends: warm keys (L1, or computed once the subscriber's
+        // heartbeat has flushed L1) and new keys (L2 stalls or is skipped: computed).
+        let mut i = 0u64;
+        while started.elapsed() < length {
+            tally.call(&a, &S20, &src, 1 + i % 49).await;
+            tally.call(&a, &S20, &src, 2000 + i).await;
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stalled = counts(&a);
+        match hang {
+            Hang::DebugSleep => {
+                let sleeper = sleeper.expect("DEBUG SLEEP thread");
+                let reply = bounded(
+                    "DEBUG SLEEP to end",
+                    tokio::task::spawn_blocking(move || sleeper.join().expect("DEBUG SLEEP thread")),
+                )
+                .await
+                .expect("join");
+                assert_eq!(reply, "+OK");
+            }
+            Hang::Sigstop => tokio::task::block_in_place(|| redis.thaw()),
+            Hang::PauseAll | Hang::PauseWrite => {}
+        }
+        let ended = Instant::now();
+        // Recovery: L2 hits on warm keys again (the breaker's probe rides on a call).
+        bounded("L2 hits to resume", async {
+            loop {
+                a.flush_l1();
+                let hits = l2_hits(&a, &S20);
+                tally.call(&a, &S20, &src, 1 + i % 49).await;
+                i += 1;
+                if l2_hits(&a, &S20) > hits {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let recovered = ended.elapsed();
+        let after = counts(&a);
+        let opened = logs.matching(mark, Level::WARN, "circuit breaker opened").len();
+        let closed = logs.matching(mark, Level::INFO, "circuit breaker closed").len();
+        println!(
+            "scenario 20 ({hang:?}, {length:?}): {}; burst of 20 callers x 10 keys: {}; invalidate returned in {invalidate_latency:?} with `{err}`; during the hang: {} L2 timeouts, {} L2 skips, {} computations; L2 hits again {recovered:?} after the hang; breaker transitions {}, logged: {opened} opening(s) (WARN), {closed} closing(s) (INFO)",
+            tally.summary(),
+            burst.summary(),
+            stalled.l2_timeouts - before.l2_timeouts,
+            stalled.l2_skips - before.l2_skips,
+            stalled.computations - before.computations,
+            after.breaker_transitions - before.breaker_transitions,
+        );
+        logs.print_timeline(&format!("scenario 20 ({hang:?}) log"), mark, Level::INFO, started);
+        tally.check(&format!("scenario 20 ({hang:?})"));
+        burst.check(&format!("scenario 20 ({hang:?}) burst"));
+        assert!(invalidate_latency < CEILING, "invalidate took {invalidate_latency:?}");
+        assert!(stalled.l2_timeouts > before.l2_timeouts, "the hang was noticed");
+        assert!(
+            after.breaker_transitions >= before.breaker_transitions + 2,
+            "the breaker opened and closed: {before:?} → {after:?}"
+        );
+        assert_eq!((opened, closed), (1, 1), "one breaker transition logged each way");
+        assert_eq!(logs.count(mark, Level::ERROR), 0);
+    });
+}
+
+static S21: Site = Site::new("faults::s21", "s21:<id>", SiteOptions::DEFAULT);
+
+/// How long scenario 21 holds a link: the plan's 30 s, scaled to 3 s to keep the suite short.
+/// It still outlasts what is measured: the data connection's heartbeat gives up after three
+/// unanswered PINGs (about 1.8 s at `l2_timeout` 100 ms), the subscriber's after two (about
+/// 1.3 s), and reconnect attempts through the held proxy keep failing for the rest of it.
+const HOLD: Duration = Duration::from_secs(3);
+
+/// Scenario 21, data connection: the proxy holds every data connection half-open (no FIN, no
+/// RST) for [`HOLD`] (scaled from 30 s). L2 operations time out, calls compute under the 1 s
+/// ceiling, the breaker opens, the connection's heartbeat gives up on it (the detection times
+/// are printed), and the subscriber connection, which the hold spares, stays up. When traffic
+/// flows again, L2 comes back without help and serves hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_21_half_open_data_connection() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let src = Source::new();
+    let a = build(builder(&proxy.url(), "f21").l2_timeout(Duration::from_millis(100))).await;
+    for id in 0..50 {
+        assert_eq!(a.scope(call(&S21, &src, id)).await, src.value(id));
+    }
+    assert_eq!(
+        proxy.live_subscribers(),
+        1,
+        "the subscriber connection is told apart"
+    );
+    let before = counts(&a);
+    a.flush_l1();
+    proxy.set_mode_where(Mode::Hold, Target::Data);
+    let held = Instant::now();
+    let (mut opened, mut replaced) = (None, None);
+    let mut tally = Tally::default();
+    let mut i = 0u64;
+    while held.elapsed() < HOLD {
+        tally.call(&a, &S21, &src, i % 50).await;
+        tally.call(&a, &S21, &src, 1000 + i).await;
+        let s = a.stats();
+        if opened.is_none() && s.total.breaker_transitions > before.breaker_transitions {
+            opened = Some(held.elapsed());
+        }
+        if replaced.is_none() && !s.l2_connected {
+            replaced = Some(held.elapsed());
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let during = counts(&a);
+    let subscribed = a.stats().subscribed;
+    proxy.set_mode(Mode::Pass);
+    let released = Instant::now();
+    wait_until("L2 to reconnect by itself", || a.stats().l2_connected).await;
+    let reconnected = released.elapsed();
+    bounded("an L2 hit after the hold", async {
+        loop {
+            a.flush_l1();
+            let hits = l2_hits(&a, &S21);
+            tally.call(&a, &S21, &src, i % 50).await;
+            i += 1;
+            if l2_hits(&a, &S21) > hits {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let first_hit = released.elapsed();
+    println!(
+        "scenario 21, data connection held {HOLD:?}: {}; {} L2 timeouts, {} computations; detection: breaker opened after {opened:?}, heartbeat replaced the connection after {replaced:?}; subscriber up throughout: {subscribed}; after the release: reconnected {reconnected:?}, first L2 hit {first_hit:?}",
+        tally.summary(),
+        during.l2_timeouts - before.l2_timeouts,
+        during.computations - before.computations,
+    );
+    tally.check("scenario 21, data connection held");
+    assert!(
+        during.l2_timeouts > before.l2_timeouts,
+        "operations timed out"
+    );
+    assert!(opened.is_some(), "the breaker opened");
+    assert!(
+        replaced.is_some(),
+        "the heartbeat gave up on the held connection"
+    );
+    assert!(
+        subscribed
+            && during.l1_flushes_disconnect == before.l1_flushes_disconnect
+            && during.bus_subscribes == before.bus_subscribes,
+        "the subscriber connection was not held: {before:?} → {during:?}"
+    );
+    assert!(
+        first_hit < RECOVERY_CEILING,
+        "L2 came back after {first_hit:?}"
+    );
+}
+
+static S21S: Site = Site::new("faults::s21s", "s21s:<id>", SiteOptions::DEFAULT);
+
+/// Scenario 21, subscriber connection: the proxy holds A's subscriber connection half-open for
+/// [`HOLD`] (scaled from 30 s) while its data connection flows. B invalidates a key A holds in
+/// L1; A does not hear it and serves its stale copy until it notices: B's beacons stop
+/// reaching it (silence) or its own PING heartbeat goes unanswered, whichever comes first;
+/// both flush L1. The heartbeat must notice within the hold (`l1_flushes_disconnect`); the
+/// detection times and the stale-read window are printed (the plan bounds the window by
+/// heartbeat + timeout). Resubscription attempts through the held proxy fail; once traffic
+/// flows again A resubscribes by itself, and the next invalidation from B reaches it. L2 itself
+/// never stalls (no breaker transition).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_21_half_open_subscriber_connection() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let src = Source::new();
+    let a = build(builder(&proxy.url(), "f21s").promotion_frequency(1)).await;
+    let b = build(builder(&redis.url(), "f21s")).await;
+    let k = 7;
+    hold_in_l1(&a, &S21S, &src, k).await;
+    // A hears B (its beacons) before the hold.
+    wait_until("A to hear B", || a.stats().bus_origins >= 1).await;
+    let before = counts(&a);
+    proxy.set_mode_where(Mode::Hold, Target::Subscriber);
+    let held = Instant::now();
+    // A write to the source, invalidated by B: A's subscriber is deaf to it.
+    let old = src.value(k);
+    src.bump(k);
+    bounded("B's invalidation", b.invalidate(&S21S, &[&k]))
+        .await
+        .expect("B's invalidation");
+    let invalidated = Instant::now();
+    let (mut detected, mut flushed, mut window, mut stale) = (None, None, None, 0u64);
+    let mut latencies = Tally::default();
+    let mut i = 0u64;
+    while held.elapsed() < HOLD {
+        let t = Instant::now();
+        let v = bounded("memoized call", a.scope(call(&S21S, &src, k))).await;
+        let fresh = v == src.value(k);
+        latencies.record(t.elapsed(), fresh || v == old);
+        if fresh {
+            window.get_or_insert(invalidated.elapsed());
+        } else {
+            assert!(window.is_none(), "a stale read after A had flushed");
+            stale += 1;
+        }
+        // Other keys: served through L2, which the hold spares.
+        latencies.call(&a, &S21S, &src, 100 + i % 20).await;
+        let now = counts(&a);
+        if flushed.is_none() && now.l1_flushes > before.l1_flushes {
+            let why = if now.l1_flushes_silence > before.l1_flushes_silence {
+                "B went silent"
+            } else if now.l1_flushes_disconnect > before.l1_flushes_disconnect {
+                "heartbeat"
+            } else {
+                "other"
+            };
+            flushed = Some((held.elapsed(), why));
+        }
+        if detected.is_none() && now.l1_flushes_disconnect > before.l1_flushes_disconnect {
+            detected = Some(held.elapsed());
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let during = counts(&a);
+    proxy.set_mode(Mode::Pass);
+    let released = Instant::now();
+    wait_until("A to resubscribe by itself", || {
+        counts(&a).bus_subscribes > before.bus_subscribes && a.stats().subscribed
+    })
+    .await;
+    let resubscribed = released.elapsed();
+    // Subscribed again: B's next invalidation reaches A.
+    hold_in_l1(&a, &S21S, &src, k).await;
+    src.bump(k);
+    let received = counts(&a).invalidations_received;
+    bounded("B's invalidation", b.invalidate(&S21S, &[&k]))
+        .await
+        .expect("B's invalidation");
+    wait_until("A to receive B's invalidation", || {
+        counts(&a).invalidations_received > received
+    })
+    .await;
+    let after = a.scope(call(&S21S, &src, k)).await;
+    println!(
+        "scenario 21, subscriber connection held {HOLD:?}: {}; first L1 flush after {flushed:?}; heartbeat detection (subscription dropped, L1 flushed) after {detected:?}; stale reads {stale}, stale-read window {window:?} after B's invalidation (plan: ≤ heartbeat 500 ms + timeout 250 ms); L2 timeouts meanwhile {}; resubscribed {resubscribed:?} after the release",
+        latencies.summary(),
+        during.l2_timeouts - before.l2_timeouts,
+    );
+    latencies.check("scenario 21, subscriber connection held");
+    let detected = detected.expect("the subscriber heartbeat noticed the held link");
+    let window = window.expect("A served the new value within the hold");
+    assert!(detected < RECOVERY_CEILING && window < RECOVERY_CEILING);
+    assert_eq!(
+        during.breaker_transitions, before.breaker_transitions,
+        "the data connection was not held"
+    );
+    assert!(
+        resubscribed < RECOVERY_CEILING,
+        "resubscribed after {resubscribed:?}"
+    );
+    assert_eq!(after, src.value(k), "stale read after resubscribing");
+}
+
+static S22: Site = Site::new("faults::s22", "s22:<id>", SiteOptions::DEFAULT);
+
+/// Scenario 22: the proxy adds 200 ms each way to all of A's traffic while `l2_timeout` is
+/// 50 ms. Callers are served from L1 or by computing, under the 1 s ceiling (p50/p99/max
+/// printed); twenty concurrent callers of each of ten new keys get one computation per key.
+/// Once the latency is gone, L2 serves again without help: the L2 hit rate of an empty L1 over
+/// the 100 warm keys is printed pass by pass until it is back to 100 %.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_22_200ms_each_way_with_a_50ms_l2_timeout() {
+    const KEYS: u64 = 100;
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let src = Source::new();
+    let a = build(
+        builder(&proxy.url(), "f22")
+            .l2_timeout(Duration::from_millis(50))
+            .connect_timeout(Duration::from_secs(1)),
+    )
+    .await;
+    for id in 0..KEYS {
+        assert_eq!(a.scope(call(&S22, &src, id)).await, src.value(id));
+    }
+    let before = counts(&a);
+    proxy.set_mode(Mode::Latency(Duration::from_millis(200)));
+    let slowed = Instant::now();
+    let burst = burst(&a, &S22, &src, 1000..1010, 20).await;
+    let mut tally = Tally::default();
+    let mut i = 0u64;
+    while slowed.elapsed() < Duration::from_secs(2) {
+        tally.call(&a, &S22, &src, i % KEYS).await;
+        tally.call(&a, &S22, &src, 2000 + i).await;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let during = counts(&a);
+    proxy.set_mode(Mode::Pass);
+    let restored = Instant::now();
+    let mut passes = Vec::new();
+    bounded("the L2 hit rate to recover", async {
+        loop {
+            a.flush_l1();
+            let hits = l2_hits(&a, &S22);
+            let mut pass = Tally::default();
+            for id in 0..KEYS {
+                pass.call(&a, &S22, &src, id).await;
+            }
+            assert_eq!(pass.wrong, 0);
+            let rate = (l2_hits(&a, &S22) - hits) as f64 / KEYS as f64;
+            passes.push(format!("{:?}: {:.0} %", restored.elapsed(), rate * 100.0));
+            if rate >= 1.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let recovered = restored.elapsed();
+    println!(
+        "scenario 22, +200 ms each way, l2_timeout 50 ms: {}; burst of 20 callers x 10 keys: {}; {} L2 timeouts, {} L2 skips, {} L2 hits, {} computations; after the latency went: L2 hit rate of an empty L1 by pass [{}], 100 % after {recovered:?}",
+        tally.summary(),
+        burst.summary(),
+        during.l2_timeouts - before.l2_timeouts,
+        during.l2_skips - before.l2_skips,
+        during.l2_hits - before.l2_hits,
+        during.computations - before.computations,
+        passes.join(", "),
+    );
+    tally.check("scenario 22");
+    burst.check("scenario 22 burst");
+    assert!(
+        during.l2_timeouts > before.l2_timeouts,
+        "L2 was slower than its timeout"
+    );
+    assert!(
+        recovered < RECOVERY_CEILING,
+        "the hit rate recovered after {recovered:?}"
+    );
 }
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
