@@ -1125,3 +1125,237 @@ async fn scenario_23_connections_reset_every_500ms_never_mix_up_keys() {
         recovered.elapsed()
     );
 }
+
+static OOM_RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// A 16 KiB value that names its key.
+fn big(id: u64) -> String {
+    format!("{id}:{}", "x".repeat(16 * 1024))
+}
+
+#[tiered_cache(key = "oom:<id>", ttl = "300s")]
+async fn oom_value(id: u64) -> String {
+    OOM_RUNS.fetch_add(1, Ordering::SeqCst);
+    big(id)
+}
+
+/// One bounded call of `oom_value(id)` on `rt`, recorded.
+async fn oom_call(rt: &Runtime, id: u64, tally: &mut Tally) {
+    let t = Instant::now();
+    let v = bounded("memoized call", rt.scope(oom_value(id))).await;
+    tally.record(t.elapsed(), v == big(id));
+}
+
+/// Scenario 24: Redis with `maxmemory 3mb`. With `noeviction`, filled past it so that it refuses
+/// every write that may grow memory: misses are computed without filling, for two and a half seconds of traffic on two
+/// instances; hits keep being served from L2 to an instance whose L1 is empty; key
+/// invalidations from A reach B every time (B evicts: counted), since `DEL` and `PUBLISH` are
+/// not refused; a group invalidation (`invalidate_all_*`) is an `Err` that names OOM; and the
+/// refused writes are logged at WARN at most once a minute per instance. Then with
+/// `allkeys-lru`: values Redis evicted are plain misses (recomputed, no errors, no decode
+/// failures), values it kept are L2 hits.
+#[test]
+fn scenario_24_out_of_memory_noeviction_then_allkeys_lru() {
+    const MAXMEMORY: u64 = 3 * 1024 * 1024;
+    let runs = || OOM_RUNS.load(Ordering::SeqCst);
+    let logs = Logs::new();
+    logs.block_on(2, async {
+        let redis = RedisServer::start();
+        let a = build(builder(&redis.url(), "f24")).await;
+        let b = build(builder(&redis.url(), "f24").promotion_frequency(1)).await;
+        let mut tally = Tally::default();
+        // Before Redis is full: A fills 20 values, B reads them from L2 and keeps them in L1.
+        for id in 0..20 {
+            oom_call(&a, id, &mut tally).await;
+        }
+        for id in 0..20 {
+            oom_call(&b, id, &mut tally).await;
+        }
+        assert_eq!((runs(), counts(&a).l2_writes), (20, 20));
+        // Fill Redis until it refuses a write.
+        // Fill Redis past `maxmemory`, then set it: every write that may grow memory is
+        // refused, small ones included. (Filled only up to the limit, Redis would still take
+        // small writes whenever its client buffers shrink a little: it counts the command it
+        // is reading against the limit, so it refuses large writes first.)
+        let fillers = fill_past(&redis, MAXMEMORY + 512 * 1024);
+        redis.maxmemory(MAXMEMORY, "noeviction");
+        let oom = redis.try_cmd::<()>(&[b"SET", b"small", b"1"]);
+        assert_eq!(oom.expect_err("a small SET over maxmemory").code(), Some("OOM"));
+        let refused_before = oom_errors(&redis);
+        let mark = logs.mark();
+        let before = [counts(&a), counts(&b)];
+
+        // Misses while Redis refuses writes: computed, not filled, no error.
+        let computed = runs();
+        let started = Instant::now();
+        let mut id = 100;
+        while started.elapsed() < Duration::from_millis(2500) {
+            oom_call(&a, id, &mut tally).await;
+            oom_call(&b, id + 1, &mut tally).await;
+            id += 2;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let misses = runs() - computed;
+        let writes = counts(&a).l2_writes + counts(&b).l2_writes
+            - before[0].l2_writes
+            - before[1].l2_writes;
+
+        // An instance with an empty L1 is served from L2.
+        a.flush_l1();
+        let (computed, hits) = (runs(), counts(&a).l2_hits);
+        for id in 10..20 {
+            oom_call(&a, id, &mut tally).await;
+        }
+        let served = counts(&a).l2_hits - hits;
+        assert_eq!((served, runs() - computed), (10, 0), "hits served from L2 under OOM");
+
+        // Key invalidations from A reach B, which evicts: every one.
+        let (computed, l1) = (runs(), counts(&b).l1_hits);
+        for id in 0..10 {
+            oom_call(&b, id, &mut tally).await;
+        }
+        assert_eq!(
+            (counts(&b).l1_hits - l1, runs() - computed),
+            (10, 0),
+            "B holds keys 0..10 in L1"
+        );
+        let received = counts(&b).invalidations_received;
+        for id in 0..10 {
+            bounded("invalidate", a.scope(invalidate_oom_value(id)))
+                .await
+                .expect("a key invalidation under OOM");
+        }
+        wait_until("B to receive the 10 invalidations", || {
+            counts(&b).invalidations_received >= received + 10
+        })
+        .await;
+        let delivered = counts(&b).invalidations_received - received;
+        for id in 0..10 {
+            let gone = redis.get(&format!("f24:oom:<{id}>")).is_none();
+            assert!(gone, "key {id} deleted in Redis");
+        }
+        let computed = runs();
+        for id in 0..10 {
+            oom_call(&b, id, &mut tally).await;
+        }
+        let evicted = runs() - computed;
+        assert_eq!(evicted, 10, "B evicted every invalidated key");
+
+        // A group invalidation writes a generation: refused, reported.
+        let group = bounded("invalidate_all", a.scope(invalidate_all_oom_value())).await;
+        let err = group.expect_err("a group invalidation under OOM fails");
+        assert!(err.to_string().contains("OOM"), "{err}");
+        let refused = oom_errors(&redis) - refused_before;
+        let warned = logs.matching(mark, Level::WARN, "Redis refused an L2 command");
+        println!(
+            "scenario 24, noeviction: {fillers} fillers of 64 KiB (used_memory past maxmemory by 512 KiB); {misses} misses computed in 2.5 s, {writes} of them written; {served}/10 hits served from L2 to an empty L1; key invalidations delivered {delivered}/10 ({} %), evicted {evicted}/10; group invalidation: `{err}`; Redis refused {refused} commands with OOM, {} WARN line(s) about it",
+            delivered * 10,
+            warned.len()
+        );
+        logs.print_warnings("scenario 24, noeviction", mark);
+        assert_eq!(writes, 0, "nothing is written while Redis refuses writes");
+        assert!(
+            refused >= 4,
+            "the runtime met refused writes more than once per instance: {refused}"
+        );
+        assert!(
+            warned.len() <= 2,
+            "at most one WARN per instance per minute about refused writes, got {}",
+            warned.len()
+        );
+
+        // allkeys-lru: writes evict; an evicted value is an ordinary miss.
+        redis.maxmemory(MAXMEMORY, "allkeys-lru");
+        let evicted_before = evicted_keys(&redis);
+        // A's reads skip the fill lease for a second after its last refused write: wait for a
+        // value of A's to be written again.
+        bounded("A to write to L2 again", async {
+            let mut id = 10_000;
+            loop {
+                let written = counts(&a).l2_writes;
+                oom_call(&a, id, &mut tally).await;
+                if counts(&a).l2_writes > written {
+                    break;
+                }
+                id += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        let written = counts(&a).l2_writes;
+        for id in 200..400 {
+            oom_call(&a, id, &mut tally).await;
+        }
+        let written = counts(&a).l2_writes - written;
+        let redis_evicted = evicted_keys(&redis) - evicted_before;
+        b.flush_l1();
+        let (mut absent, mut hits, mut recomputed) = (0, 0, 0);
+        let b_before = counts(&b);
+        for id in 200..400 {
+            let present = redis.get(&format!("f24:oom:<{id}>")).is_some();
+            let (computed, l2) = (runs(), counts(&b).l2_hits);
+            oom_call(&b, id, &mut tally).await;
+            let (was_computed, was_hit) = (runs() > computed, counts(&b).l2_hits > l2);
+            if present {
+                assert!(was_hit && !was_computed, "key {id} was in Redis: an L2 hit");
+                hits += 1;
+            } else {
+                assert!(was_computed && !was_hit, "key {id} was evicted: a miss");
+                absent += 1;
+                recomputed += 1;
+            }
+        }
+        let decode_failures = counts(&b).decode_failures - b_before.decode_failures;
+        println!(
+            "scenario 24, allkeys-lru: A wrote {written}/200 values, Redis evicted {redis_evicted} keys; B with an empty L1: {hits} L2 hits, {absent} evicted values recomputed ({recomputed} computations), {decode_failures} decode failures; all calls: {}",
+            tally.summary()
+        );
+        tally.check("scenario 24");
+        assert!(absent > 0, "Redis evicted some of the values");
+        assert_eq!(decode_failures, 0);
+        assert_eq!(logs.count(0, Level::ERROR), 0, "no ERROR");
+    });
+}
+
+/// Writes 64 KiB fillers (on one connection) until Redis uses at least `bytes`; returns how
+/// many it wrote.
+fn fill_past(redis: &RedisServer, bytes: u64) -> u32 {
+    let mut conn = redis.conn();
+    let filler = vec![b'f'; 64 * 1024];
+    let used = |conn: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query(conn)
+            .expect("INFO memory");
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("used_memory")
+    };
+    let mut fillers = 0;
+    while used(&mut conn) < bytes {
+        redis::cmd("SET")
+            .arg(format!("filler:{fillers}"))
+            .arg(&filler)
+            .query::<()>(&mut conn)
+            .expect("SET filler");
+        fillers += 1;
+    }
+    fillers
+}
+
+/// Commands Redis refused with OOM so far (`INFO errorstats`).
+fn oom_errors(redis: &RedisServer) -> u64 {
+    redis
+        .info_field("errorstat_OOM")
+        .and_then(|v| v.strip_prefix("count=").and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Keys Redis evicted so far (`INFO stats`).
+fn evicted_keys(redis: &RedisServer) -> u64 {
+    redis
+        .info_field("evicted_keys")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
