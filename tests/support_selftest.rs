@@ -436,3 +436,21 @@ fn log_capture_keeps_each_tests_events_apart() {
     b.assert_absent("S3cr3t-canary");
     assert_eq!(a.containing("S3cr3t-canary").len(), 1, "found in a field");
 }
+
+#[test]
+fn a_port_served_by_another_server_is_not_taken_for_ours() {
+    let _env = ENV.blocking_lock();
+    let first = RedisServer::start();
+    let port = first.port();
+    // Ours cannot bind the port; the server answering there is not ours.
+    let second = std::panic::catch_unwind(|| RedisServer::start_on(port, &[]));
+    let msg = second
+        .err()
+        .and_then(|e| e.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("exited at start") || msg.contains("served by another redis-server"),
+        "{msg}"
+    );
+    assert_eq!(first.cmd::<String>(&[b"PING"]), "PONG");
+}

@@ -165,13 +165,23 @@ impl RedisServer {
                     "redis-server exited at start ({status}); port {port} taken?"
                 ));
             }
-            if raw_ping(self.port, self.password()) {
-                return Ok(());
+            // Whoever answers on the port must be our process: a server another test (or
+            // another test binary) started on the same port a moment earlier would answer
+            // while ours fails to bind it.
+            match serving_pid(self.port, self.password()) {
+                Some(pid) if Some(pid) == self.child.as_ref().map(Child::id) => return Ok(()),
+                Some(pid) => {
+                    self.kill();
+                    return Err(format!(
+                        "port {port} is served by another redis-server ({pid})"
+                    ));
+                }
+                None => {}
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         self.kill();
-        Err("redis-server did not answer PING within 10 s".into())
+        Err("redis-server did not answer INFO within 10 s".into())
     }
 
     fn password(&self) -> Option<&str> {
@@ -473,28 +483,31 @@ fn free_port() -> u16 {
     panic!("no free port below 55535");
 }
 
-/// PING over a raw socket (no client library), used while waiting for startup.
-fn raw_ping(port: u16, password: Option<&str>) -> bool {
+/// The `process_id` of the server answering `INFO server` on `port` (raw socket, no client
+/// library), used while waiting for startup; `None` while nothing answers.
+fn serving_pid(port: u16, password: Option<&str>) -> Option<u32> {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
     if let Some(pw) = password {
-        let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{pw}\r\n", pw.len());
-        if s.write_all(auth.as_bytes()).is_err() {
-            return false;
+        s.write_all(&resp(&[b"AUTH", pw.as_bytes()])).ok()?;
+        read_line(&mut s);
+    }
+    s.write_all(&resp(&[b"INFO", b"server"])).ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(rest) = text.split("process_id:").nth(1)
+            && let Some((pid, _)) = rest.split_once("\r\n")
+        {
+            return pid.trim().parse().ok();
         }
-        let mut buf = [0u8; 64];
-        if s.read(&mut buf).is_err() {
-            return false;
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
         }
     }
-    if s.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 64];
-    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
 }
 
 /// Counts body runs.
