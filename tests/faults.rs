@@ -582,8 +582,9 @@ static S20: Site = Site::new("faults::s20", "s20:<id>", SiteOptions::DEFAULT);
 enum Hang {
     /// `CLIENT PAUSE 3000 ALL`.
     PauseAll,
-    /// `CLIENT PAUSE 3000 WRITE`: reads and `PING` go on; `SET`, `DEL`, `EVAL`, `PUBLISH` wait
-    /// (so do our L2 reads, which take the fill lease with `SET … NX GET`).
+    /// `CLIENT PAUSE 3000 WRITE`: `SET`, `DEL`, `EVAL`, `PUBLISH` wait (so do our L2 reads,
+    /// which take the fill lease with `SET … NX GET`); reads and `PING` go on, except on a
+    /// connection whose earlier write waits: its later commands wait behind it.
     PauseWrite,
     /// `DEBUG SLEEP 2`.
     DebugSleep,
