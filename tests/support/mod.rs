@@ -1,10 +1,18 @@
 //! Test support: a real `redis-server` per test, and helpers to read what it holds.
 //!
 //! Every test that claims L2 behaviour spawns its own server on a free 127.0.0.1 port with
-//! `--save "" --appendonly no`; it is killed (SIGKILL) when the value is dropped. Nothing here
-//! ever talks to a server the test did not start.
+//! `--save "" --appendonly no --enable-debug-command yes`; it is killed (SIGKILL) when the value
+//! is dropped. Nothing here ever talks to a server the test did not start.
+//!
+//! Faults a test can inject, besides the TCP proxy ([`proxy`]): kill the process and start it
+//! again empty on the same port ([`RedisServer::kill`], [`RedisServer::restart`]), freeze and
+//! thaw it ([`RedisServer::freeze`], [`RedisServer::thaw`]: SIGSTOP/SIGCONT, TCP stays up),
+//! pause its clients ([`RedisServer::client_pause`]), block its event loop
+//! ([`RedisServer::debug_sleep`]) and cap its memory ([`RedisServer::maxmemory`]). [`logs`]
+//! captures the runtime's log events for assertions.
 #![allow(dead_code)]
 
+pub mod logs;
 pub mod proxy;
 
 use std::net::TcpListener;
@@ -132,6 +140,9 @@ impl RedisServer {
             "",
             "--appendonly",
             "no",
+            // `DEBUG SLEEP` (refused by default since Redis 7.0); redis-test does the same.
+            "--enable-debug-command",
+            "yes",
         ])
         .args(["--dir", &std::env::temp_dir().to_string_lossy()])
         .args(&self.extra)
@@ -154,13 +165,23 @@ impl RedisServer {
                     "redis-server exited at start ({status}); port {port} taken?"
                 ));
             }
-            if raw_ping(self.port, self.password()) {
-                return Ok(());
+            // Whoever answers on the port must be our process: a server another test (or
+            // another test binary) started on the same port a moment earlier would answer
+            // while ours fails to bind it.
+            match serving_pid(self.port, self.password()) {
+                Some(pid) if Some(pid) == self.child.as_ref().map(Child::id) => return Ok(()),
+                Some(pid) => {
+                    self.kill();
+                    return Err(format!(
+                        "port {port} is served by another redis-server ({pid})"
+                    ));
+                }
+                None => {}
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         self.kill();
-        Err("redis-server did not answer PING within 10 s".into())
+        Err("redis-server did not answer INFO within 10 s".into())
     }
 
     fn password(&self) -> Option<&str> {
@@ -189,9 +210,26 @@ impl RedisServer {
         }
     }
 
-    /// Freezes the server (SIGSTOP): TCP stays up, nothing is answered.
+    /// Freezes the server (SIGSTOP): TCP stays up, nothing is answered. Returns once the
+    /// process is stopped (the signal is delivered asynchronously).
     pub fn freeze(&self) {
         self.signal("-STOP");
+        let deadline = Instant::now() + BOUND;
+        while self.process_state() != Some('T') {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not stop on SIGSTOP"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The state letter of the server process in `/proc/PID/stat` (`T`: stopped).
+    fn process_state(&self) -> Option<char> {
+        let pid = self.child.as_ref()?.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `PID (comm) S …`: the state follows the last `)` (a command name may hold one).
+        stat.rsplit_once(')')?.1.trim_start().chars().next()
     }
 
     /// Thaws a frozen server (SIGCONT).
@@ -299,6 +337,122 @@ impl RedisServer {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     }
+
+    /// Runs one command and returns its reply or the server's error (e.g. `OOM`).
+    pub fn try_cmd<T: redis::FromRedisValue>(&self, args: &[&[u8]]) -> redis::RedisResult<T> {
+        let mut c = redis::cmd(std::str::from_utf8(args[0]).expect("command name"));
+        for a in &args[1..] {
+            c.arg(*a);
+        }
+        c.query(&mut self.conn())
+    }
+
+    /// `CLIENT PAUSE ms ALL|WRITE`: returns at once; the server stops serving every command
+    /// ([`Pause::All`]) or every write, `PUBLISH` included ([`Pause::Write`]), from other
+    /// clients for `ms` milliseconds. Keys neither expire nor are evicted meanwhile.
+    pub fn client_pause(&self, ms: u64, what: Pause) {
+        let what: &[u8] = match what {
+            Pause::All => b"ALL",
+            Pause::Write => b"WRITE",
+        };
+        self.cmd::<()>(&[b"CLIENT", b"PAUSE", ms.to_string().as_bytes(), what]);
+    }
+
+    /// `DEBUG SLEEP secs`: blocks the whole server (its event loop) for `secs` seconds. The
+    /// command is sent on a connection of its own, and this returns once the server has
+    /// stopped answering (a `PING` on a third connection went unanswered for 50 ms), without
+    /// waiting for the sleep to end: its reply is read on a thread. Join the handle to wait
+    /// until the server answers again.
+    pub fn debug_sleep(&self, secs: f64) -> std::thread::JoinHandle<String> {
+        use std::io::Write;
+        let mut s = self.raw_conn();
+        let secs = secs.to_string();
+        s.write_all(&resp(&[b"DEBUG", b"SLEEP", secs.as_bytes()]))
+            .expect("send DEBUG SLEEP");
+        let mut probe = self.raw_conn();
+        let _ = probe.set_read_timeout(Some(Duration::from_millis(50)));
+        let deadline = Instant::now() + BOUND;
+        loop {
+            probe.write_all(&resp(&[b"PING"])).expect("send PING");
+            if read_line(&mut probe).is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "DEBUG SLEEP never took effect");
+        }
+        std::thread::spawn(move || {
+            // The server answers when it wakes up; a bound keeps a bug from hanging the test.
+            let _ = s.set_read_timeout(Some(BOUND));
+            read_line(&mut s)
+        })
+    }
+
+    /// A raw connection to the server, authenticated if it has a password.
+    fn raw_conn(&self) -> std::net::TcpStream {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        if let Some(pw) = self.password() {
+            s.write_all(&resp(&[b"AUTH", pw.as_bytes()]))
+                .expect("send AUTH");
+            read_line(&mut s);
+        }
+        s
+    }
+
+    /// `CONFIG SET maxmemory-policy policy` then `CONFIG SET maxmemory bytes` (`0`: no limit).
+    /// `policy` is one of Redis's, e.g. `noeviction` or `allkeys-lru`.
+    pub fn maxmemory(&self, bytes: u64, policy: &str) {
+        self.cmd::<()>(&[b"CONFIG", b"SET", b"maxmemory-policy", policy.as_bytes()]);
+        self.cmd::<()>(&[
+            b"CONFIG",
+            b"SET",
+            b"maxmemory",
+            bytes.to_string().as_bytes(),
+        ]);
+    }
+
+    /// A field of `INFO` (e.g. `used_memory`, `evicted_keys`), `None` if absent.
+    pub fn info_field(&self, name: &str) -> Option<String> {
+        let info: String = self.cmd(&[b"INFO", b"all"]);
+        let prefix = format!("{name}:");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.trim().to_owned())
+    }
+}
+
+/// What [`RedisServer::client_pause`] pauses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pause {
+    /// Every command.
+    All,
+    /// Writes (`SET`, `DEL`, `EVAL`, `PUBLISH` …); reads and `PING` go on.
+    Write,
+}
+
+/// One command in RESP (an array of bulk strings).
+fn resp(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Reads one reply line (`+OK`, `-ERR …`) from a raw connection, without its `\r\n`; an empty
+/// string if the connection failed or closed first.
+fn read_line(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => line.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(line.strip_suffix(b"\r\n").unwrap_or(&line)).into_owned()
 }
 
 impl Drop for RedisServer {
@@ -329,28 +483,31 @@ fn free_port() -> u16 {
     panic!("no free port below 55535");
 }
 
-/// PING over a raw socket (no client library), used while waiting for startup.
-fn raw_ping(port: u16, password: Option<&str>) -> bool {
+/// The `process_id` of the server answering `INFO server` on `port` (raw socket, no client
+/// library), used while waiting for startup; `None` while nothing answers.
+fn serving_pid(port: u16, password: Option<&str>) -> Option<u32> {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
     if let Some(pw) = password {
-        let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{pw}\r\n", pw.len());
-        if s.write_all(auth.as_bytes()).is_err() {
-            return false;
+        s.write_all(&resp(&[b"AUTH", pw.as_bytes()])).ok()?;
+        read_line(&mut s);
+    }
+    s.write_all(&resp(&[b"INFO", b"server"])).ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&reply);
+        if let Some(rest) = text.split("process_id:").nth(1)
+            && let Some((pid, _)) = rest.split_once("\r\n")
+        {
+            return pid.trim().parse().ok();
         }
-        let mut buf = [0u8; 64];
-        if s.read(&mut buf).is_err() {
-            return false;
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
         }
     }
-    if s.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 64];
-    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
 }
 
 /// Counts body runs.
@@ -368,10 +525,8 @@ impl Calls {
     }
 }
 
-/// Captures nothing but makes `RUST_LOG=debug cargo test` show the runtime's logs.
+/// Makes `RUST_LOG=debug cargo test` show the runtime's logs (and installs the log capture of
+/// [`logs`], which records only what tests tag).
 pub fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    logs::install();
 }

@@ -1,5 +1,6 @@
 //! A TCP proxy between a client under test and a test `redis-server`, to break the link on
-//! purpose: hold it half-open, refuse new connections, or reset every live connection.
+//! purpose: hold it half-open, swallow it, slow it down, refuse new connections, or reset every
+//! live connection.
 //!
 //! Everything runs on tokio tasks spawned on the runtime that called [`Proxy::start`]. Nothing
 //! here ever connects anywhere but the `upstream` address it is given.
@@ -13,11 +14,31 @@
 //!   are forwarded first, then whatever the kernel buffered meanwhile, in order. An end of stream
 //!   seen during the hold is forwarded only after it, too. New connections are accepted (and
 //!   connected upstream) but held as well.
+//! - [`Mode::Blackhole`]: everything is read and thrown away, both ways; nothing is answered
+//!   and nothing is closed. Unlike `Hold`, the senders never block (their bytes are consumed),
+//!   and what was sent meanwhile is lost for good: a request swallowed by the blackhole never
+//!   gets a reply, so a client that pipelines (redis-rs's multiplexed connection) stays out of
+//!   step on that connection after the return to `Pass`. New connections are accepted (and
+//!   connected upstream) and swallowed as well.
+//! - [`Mode::Latency`]: every chunk is forwarded, in order, `d` after the proxy read it, in each
+//!   direction: a request/reply round trip takes at least `2 d`. Chunks read together are
+//!   delayed together (the delay is not cumulative), so pipelined requests keep overlapping.
 //! - [`Mode::Withhold`]: client bytes reach the server, server bytes are read and discarded: a
 //!   request takes effect but its reply is lost.
 //! - [`Mode::Refuse`]: new connections are accepted and reset at once (RST, never reaching
 //!   upstream), as close as an accepting socket gets to a refused connection. Live connections
 //!   keep flowing as in `Pass`.
+//!
+//! A mode can be applied to one kind of connection only ([`Proxy::set_mode_where`] with a
+//! [`Target`]), the others passing: a connection is a *subscriber* connection from the moment
+//! its client sends a `SUBSCRIBE` command (also `PSUBSCRIBE`, `SSUBSCRIBE`, `UNSUBSCRIBE`: a
+//! bulk string ending in `SUBSCRIBE`, in any case), and a *data* connection until then. So a
+//! subscriber that connects while a fault targets [`Target::Data`] is treated as a data
+//! connection until its `SUBSCRIBE` gets through, and the chunk that carries the `SUBSCRIBE`
+//! of a new subscriber is the first one a [`Target::Subscriber`] fault stops. (A data
+//! connection that sends a key or value ending in `SUBSCRIBE` would be misread: tests never do.)
+//! [`Mode::Refuse`] acts when a connection is accepted, before it has sent anything, so it
+//! only targets [`Target::All`].
 //!
 //! [`Proxy::cut_all`] resets every live connection on both sides (`SO_LINGER` 0, then close).
 //! Dropping the [`Proxy`] stops accepting and cuts every live connection.
@@ -25,13 +46,14 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// What the proxy does with traffic; see the module documentation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +67,40 @@ pub enum Mode {
     /// Forward what clients send, swallow what the server answers: requests take effect,
     /// replies never arrive.
     Withhold,
+    /// Swallow everything both ways, answer nothing, close nothing.
+    Blackhole,
+    /// Forward every chunk `d` after it was read, in each direction, in order.
+    Latency(Duration),
+}
+
+/// Which connections a mode applies to ([`Proxy::set_mode_where`]); the others pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Every connection.
+    All,
+    /// Connections whose client has not sent a `SUBSCRIBE` (yet).
+    Data,
+    /// Connections whose client has sent a `SUBSCRIBE`.
+    Subscriber,
+}
+
+/// The current fault: a mode and the connections it applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fault {
+    mode: Mode,
+    target: Target,
+}
+
+impl Fault {
+    /// The mode that applies to a connection of the given kind.
+    fn mode_for(self, subscriber: bool) -> Mode {
+        let applies = match self.target {
+            Target::All => true,
+            Target::Data => !subscriber,
+            Target::Subscriber => subscriber,
+        };
+        if applies { self.mode } else { Mode::Pass }
+    }
 }
 
 /// A proxy on `127.0.0.1:<ephemeral>` forwarding every accepted connection to one upstream.
@@ -55,11 +111,13 @@ pub struct Proxy {
 }
 
 struct Shared {
-    mode: watch::Sender<Mode>,
+    fault: watch::Sender<Fault>,
     /// A generation counter: every [`Proxy::cut_all`] bumps it, and every connection live at
     /// that moment resets itself.
     cut: watch::Sender<u64>,
     live: AtomicUsize,
+    /// Live connections that have sent a `SUBSCRIBE`.
+    subscribers: AtomicUsize,
     accepted: AtomicUsize,
     /// Bytes to look for in what clients send ([`Proxy::count_requests_with`]).
     marker: std::sync::Mutex<Option<Vec<u8>>>,
@@ -67,20 +125,66 @@ struct Shared {
     marked: AtomicUsize,
 }
 
-/// Counts one live connection for as long as it exists, however its task ends (even aborted).
-struct Live(Arc<Shared>);
+/// One connection's state, shared by its two directions; counts it as live for as long as it
+/// exists, however its task ends (even aborted).
+struct Conn {
+    shared: Arc<Shared>,
+    subscriber: AtomicBool,
+}
 
-impl Live {
-    fn new(shared: &Arc<Shared>) -> Live {
+impl Conn {
+    fn new(shared: &Arc<Shared>) -> Conn {
         shared.live.fetch_add(1, Ordering::SeqCst);
-        Live(Arc::clone(shared))
+        Conn {
+            shared: Arc::clone(shared),
+            subscriber: AtomicBool::new(false),
+        }
+    }
+
+    fn is_subscriber(&self) -> bool {
+        self.subscriber.load(Ordering::SeqCst)
+    }
+
+    /// The mode that applies to this connection now.
+    fn mode(&self, fault: &watch::Receiver<Fault>) -> Mode {
+        fault.borrow().mode_for(self.is_subscriber())
+    }
+
+    /// Looks at what the client sent: a `SUBSCRIBE` makes this a subscriber connection, and
+    /// the marker of [`Proxy::count_requests_with`] is counted.
+    fn inspect_request(&self, chunk: &[u8]) {
+        if !self.is_subscriber() && sends_subscribe(chunk) {
+            self.subscriber.store(true, Ordering::SeqCst);
+            self.shared.subscribers.fetch_add(1, Ordering::SeqCst);
+            // Wake this connection's other direction, which may be waiting out a fault that
+            // no longer applies to it (or now does).
+            self.shared.fault.send_modify(|_| {});
+        }
+        let marker = self.shared.marker.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = marker.as_deref()
+            && chunk.windows(m.len().max(1)).any(|w| w == m)
+        {
+            self.shared.marked.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 
-impl Drop for Live {
+impl Drop for Conn {
     fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::SeqCst);
+        self.shared.live.fetch_sub(1, Ordering::SeqCst);
+        if self.is_subscriber() {
+            self.shared.subscribers.fetch_sub(1, Ordering::SeqCst);
+        }
     }
+}
+
+/// Whether a client chunk carries a `SUBSCRIBE` command (or `PSUBSCRIBE`, `SSUBSCRIBE`,
+/// `UNSUBSCRIBE`): a RESP bulk string ending in `SUBSCRIBE`, in any case.
+fn sends_subscribe(chunk: &[u8]) -> bool {
+    const WORD: &[u8] = b"SUBSCRIBE\r\n";
+    chunk
+        .windows(WORD.len())
+        .any(|w| w.eq_ignore_ascii_case(WORD))
 }
 
 impl Proxy {
@@ -91,9 +195,13 @@ impl Proxy {
             .expect("proxy: bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("proxy: local addr");
         let shared = Arc::new(Shared {
-            mode: watch::Sender::new(Mode::Pass),
+            fault: watch::Sender::new(Fault {
+                mode: Mode::Pass,
+                target: Target::All,
+            }),
             cut: watch::Sender::new(0),
             live: AtomicUsize::new(0),
+            subscribers: AtomicUsize::new(0),
             accepted: AtomicUsize::new(0),
             marker: std::sync::Mutex::new(None),
             marked: AtomicUsize::new(0),
@@ -116,9 +224,22 @@ impl Proxy {
         format!("redis://127.0.0.1:{}/", self.addr.port())
     }
 
-    /// Switches mode; it applies to live and future connections.
+    /// Switches mode for every connection; it applies to live and future connections.
     pub fn set_mode(&self, m: Mode) {
-        self.shared.mode.send_replace(m);
+        self.set_mode_where(m, Target::All);
+    }
+
+    /// Switches mode for the connections of one kind (see the module documentation); the
+    /// others pass. Applies to live and future connections, and replaces any earlier mode.
+    ///
+    /// Panics for [`Mode::Refuse`] with another target than [`Target::All`]: a connection is
+    /// refused before it has said what it is.
+    pub fn set_mode_where(&self, mode: Mode, target: Target) {
+        assert!(
+            mode != Mode::Refuse || target == Target::All,
+            "Mode::Refuse applies to every new connection (Target::All), not to {target:?}"
+        );
+        self.shared.fault.send_replace(Fault { mode, target });
     }
 
     /// Resets every live connection on both sides. Returns at once; each connection closes when
@@ -130,6 +251,11 @@ impl Proxy {
     /// Connections currently open through the proxy.
     pub fn live(&self) -> usize {
         self.shared.live.load(Ordering::SeqCst)
+    }
+
+    /// Connections currently open through the proxy that have sent a `SUBSCRIBE`.
+    pub fn live_subscribers(&self) -> usize {
+        self.shared.subscribers.load(Ordering::SeqCst)
     }
 
     /// From now on, counts what clients send that contains `marker` (e.g. a key): each such
@@ -170,23 +296,23 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Sh
             }
         };
         shared.accepted.fetch_add(1, Ordering::SeqCst);
-        if *shared.mode.borrow() == Mode::Refuse {
+        if shared.fault.borrow().mode == Mode::Refuse {
             reset(client);
             continue;
         }
-        let live = Live::new(&shared);
+        let conn = Conn::new(&shared);
         let cut = shared.cut.subscribe();
-        let mode = shared.mode.subscribe();
-        tokio::spawn(serve(client, upstream, mode, cut, live));
+        let fault = shared.fault.subscribe();
+        tokio::spawn(serve(client, upstream, fault, cut, conn));
     }
 }
 
 async fn serve(
     mut client: TcpStream,
     upstream: SocketAddr,
-    mode: watch::Receiver<Mode>,
+    fault: watch::Receiver<Fault>,
     mut cut: watch::Receiver<u64>,
-    live: Live,
+    conn: Conn,
 ) {
     let connect = tokio::select! {
         biased;
@@ -213,11 +339,11 @@ async fn serve(
                 pump(
                     client_read,
                     server_write,
-                    mode.clone(),
-                    false,
-                    Some(&live.0)
+                    fault.clone(),
+                    Direction::Requests,
+                    &conn
                 ),
-                pump(server_read, client_write, mode, true, None),
+                pump(server_read, client_write, fault, Direction::Replies, &conn),
             )
         };
         tokio::select! {
@@ -233,47 +359,93 @@ async fn serve(
     }
 }
 
-/// Copies `from` to `to` until end of stream (forwarded as a write shutdown), never reading or
-/// writing while the mode is [`Mode::Hold`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Client to server.
+    Requests,
+    /// Server to client.
+    Replies,
+}
+
+/// Whether `mode` throws away a chunk going in `direction`.
+fn swallows(mode: Mode, direction: Direction) -> bool {
+    match mode {
+        Mode::Blackhole => true,
+        Mode::Withhold => direction == Direction::Replies,
+        _ => false,
+    }
+}
+
+/// Copies `from` to `to` until end of stream (forwarded as a write shutdown). A reader reads
+/// chunks and stamps each with the time it is due (now, or now + `d` in [`Mode::Latency`]); a
+/// writer forwards them in order when due. Neither reads nor writes while the mode is
+/// [`Mode::Hold`]; swallowed chunks are dropped when read, or when due.
 async fn pump<R, W>(
     mut from: R,
     mut to: W,
-    mut mode: watch::Receiver<Mode>,
-    replies: bool,
-    requests: Option<&Shared>,
+    fault: watch::Receiver<Fault>,
+    direction: Direction,
+    conn: &Conn,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        unheld(&mut mode).await;
-        let n = from.read(&mut buf).await?;
-        // The hold may have begun while the read was pending: keep the chunk until it ends.
-        unheld(&mut mode).await;
-        if n == 0 {
-            return to.shutdown().await;
-        }
-        if replies && *mode.borrow() == Mode::Withhold {
-            continue;
-        }
-        if let Some(shared) = requests {
-            let marker = shared.marker.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(m) = marker.as_deref()
-                && buf[..n].windows(m.len().max(1)).any(|w| w == m)
-            {
-                shared.marked.fetch_add(1, Ordering::SeqCst);
+    // Bounded: a slow writer (latency) slows the reader down rather than buffering without end.
+    let (tx, mut rx) = mpsc::channel::<(Instant, Option<Vec<u8>>)>(64);
+    let mut read_fault = fault.clone();
+    let read = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            unheld(&mut read_fault, conn).await;
+            let n = from.read(&mut buf).await?;
+            if direction == Direction::Requests && n > 0 {
+                conn.inspect_request(&buf[..n]);
+            }
+            // The hold may have begun while the read was pending (or applies now that the
+            // chunk said what the connection is): keep the chunk until it ends.
+            unheld(&mut read_fault, conn).await;
+            let mode = conn.mode(&read_fault);
+            if n > 0 && swallows(mode, direction) {
+                continue;
+            }
+            let due = match mode {
+                Mode::Latency(d) => Instant::now() + d,
+                _ => Instant::now(),
+            };
+            let chunk = (n > 0).then(|| buf[..n].to_vec());
+            let end = chunk.is_none();
+            if tx.send((due, chunk)).await.is_err() || end {
+                // The writer is gone (it failed, and reports it), or the stream ended.
+                return Ok::<(), io::Error>(());
             }
         }
-        to.write_all(&buf[..n]).await?;
-    }
+    };
+    let mut write_fault = fault;
+    let write = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            unheld(&mut write_fault, conn).await;
+            match chunk {
+                Some(bytes) => {
+                    if !swallows(conn.mode(&write_fault), direction) {
+                        to.write_all(&bytes).await?;
+                    }
+                }
+                None => return to.shutdown().await,
+            }
+        }
+        Ok(())
+    };
+    tokio::try_join!(read, write).map(|_| ())
 }
 
-/// Returns once the mode is not [`Mode::Hold`].
-async fn unheld(mode: &mut watch::Receiver<Mode>) {
-    // Errs only once the sender is gone, which the connection's `Live` (holding it) rules out.
-    let _ = mode.wait_for(|m| *m != Mode::Hold).await;
+/// Returns once the mode that applies to `conn` is not [`Mode::Hold`].
+async fn unheld(fault: &mut watch::Receiver<Fault>, conn: &Conn) {
+    // Errs only once the sender is gone, which the connection's `Conn` (holding it) rules out.
+    let _ = fault
+        .wait_for(|f| f.mode_for(conn.is_subscriber()) != Mode::Hold)
+        .await;
 }
 
 /// Closes `stream` with a reset (RST) rather than an orderly FIN.
