@@ -491,7 +491,9 @@ static PARK_I: AtomicBool = AtomicBool::new(false);
 #[tiered_cache(key = "i:<id>", ttl = "1s", refresh_ahead = 0.5)]
 async fn refreshed(id: u64) -> Result<String, AppError> {
     if PARK_I.load(Ordering::SeqCst) {
-        let _permit = GATE_I.acquire().await;
+        if let Ok(permit) = GATE_I.acquire().await {
+            permit.forget();
+        }
     }
     DB_I.read(id).await
 }
@@ -519,9 +521,68 @@ async fn an_invalidation_during_a_refresh_stores_nothing_stale() {
     PARK_I.store(false, Ordering::SeqCst);
     assert_eq!(redis.get("t:i:<1>"), None, "the refresh stored nothing");
     assert_eq!(rt.scope(refreshed(1)).await, Ok("1@v2".into()));
+    assert_eq!(rt.stats().total.fills_refused, 1, "the refresh's fill was refused");
+
+    // The same with the key deleted behind the runtime's back (no message, so nothing local
+    // stops the fill): the fill's script finds that the version it read is gone.
+    tokio::time::sleep(Duration::from_millis(560)).await;
+    PARK_I.store(true, Ordering::SeqCst);
+    assert_eq!(rt.scope(refreshed(1)).await, Ok("1@v2".into()));
+    wait_until("the second refresh to start", || rt.stats().total.refreshes == 2).await;
+    redis.cmd::<()>(&[b"DEL", b"t:i:<1>"]);
+    DB_I.version.store(3, Ordering::SeqCst);
+    GATE_I.add_permits(1);
+    wait_until("the refresh to end", || rt.stats().inflight == 0).await;
+    PARK_I.store(false, Ordering::SeqCst);
+    assert_eq!(
+        redis.get("t:i:<1>"),
+        None,
+        "the refresh wrote only over the version it read"
+    );
     let s = rt.stats().total;
-    println!("refresh + invalidation: {s:?}");
-    assert_eq!(s.fills_refused, 1, "the refresh's fill was refused");
+    println!("refresh + invalidation, refresh + external DEL: {s:?}");
+    assert_eq!(s.fills_refused, 2);
+}
+
+static DB_F: Db = Db::new();
+static GATE_F: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+static PARK_F: AtomicBool = AtomicBool::new(false);
+static REACHED_F: AtomicU64 = AtomicU64::new(0);
+
+#[tiered_cache(key = "f:<id>", ttl = "300ms", fail_safe = "1m")]
+async fn failing_later(id: u64) -> Result<String, AppError> {
+    if PARK_F.load(Ordering::SeqCst) {
+        REACHED_F.fetch_add(1, Ordering::SeqCst);
+        if let Ok(permit) = GATE_F.acquire().await {
+            permit.forget();
+        }
+    }
+    DB_F.read(id).await
+}
+
+/// An invalidation that arrives while a failing body runs: the stale value it would have
+/// fallen back to was invalidated meanwhile, so the caller gets the body's error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_while_the_body_runs_withdraws_the_stale_value() {
+    let redis = RedisServer::start();
+    let rt = runtime(&redis, "t").await;
+    assert_eq!(rt.scope(failing_later(1)).await, Ok("1@v1".into()));
+    past(300).await;
+    DB_F.fail.store(true, Ordering::SeqCst);
+    PARK_F.store(true, Ordering::SeqCst);
+    let caller = {
+        let rt = rt.clone();
+        tokio::spawn(async move { rt.scope(failing_later(1)).await })
+    };
+    wait_until("the body to start", || REACHED_F.load(Ordering::SeqCst) == 1).await;
+    rt.scope(invalidate_failing_later(1)).await.expect("invalidate");
+    GATE_F.add_permits(1);
+    assert_eq!(
+        bounded("the caller", caller).await.expect("no panic"),
+        Err(AppError::Db("connection refused".into())),
+        "not the invalidated stale value"
+    );
+    assert_eq!(rt.stats().total.stale_served, 0);
 }
 
 #[tiered_cache(key = "big:<id>", ttl = "60s", tiers = "l1")]

@@ -34,8 +34,11 @@ use crate::stats::{Counters, SiteTable};
 
 /// Interval of the PING on the subscriber connection.
 pub(crate) const HEARTBEAT: Duration = Duration::from_millis(500);
-/// Consecutive unanswered heartbeats after which the subscription is considered lost.
-const HEARTBEAT_MISSES: u32 = 2;
+/// Consecutive unanswered heartbeats after which the subscription is considered lost: the
+/// first, so that a half-open subscriber link is noticed within one heartbeat plus the ping's
+/// time box (its L1 flushed: invalidations may be passing it by). A false alarm costs a flush
+/// and a resubscription, never a stale read.
+const HEARTBEAT_MISSES: u32 = 1;
 /// How often the reader checks holes, silences and the queues.
 const CHECK: Duration = Duration::from_millis(50);
 const MIN_BACKOFF: Duration = Duration::from_millis(20);

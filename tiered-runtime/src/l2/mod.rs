@@ -588,6 +588,11 @@ impl L2 {
     /// One request (a pipeline, or a single command: cheaper through redis-rs) under the
     /// breaker and the time box.
     async fn exec_req<T: redis::FromRedisValue>(&self, req: Request<'_>) -> Result<T, L2Error> {
+        // Not connected: the supervisor is reconnecting, and there is nothing to probe (a
+        // probe skipped for want of a connection would only churn the breaker's state).
+        if !self.is_connected() {
+            return Err(L2Error::Skipped("not connected"));
+        }
         let (admission, _) = self.breaker.admit();
         let permit = match admission {
             Admission::Reject => return Err(L2Error::Skipped("circuit breaker open")),
@@ -633,7 +638,10 @@ impl L2 {
     /// Server errors (OOM, READONLY, …) are swallowed by callers; say so at most once a minute
     /// per error code.
     fn warn_server_error(&self, e: &redis::RedisError) {
-        let cause = codes(e).join(",");
+        let mut codes = codes(e);
+        codes.sort();
+        codes.dedup();
+        let cause = codes.join(",");
         if self.logs.allow(&cause) {
             tracing::warn!(error = %describe(e), "tiered: Redis refused an L2 command; the call was served without it (logged at most once a minute per error code)");
         }
