@@ -1360,3 +1360,103 @@ fn evicted_keys(redis: &RedisServer) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// Scenario 21, subscriber connection, alone: an instance that hears no other instance (so no
+/// silence to notice) detects its half-open subscriber link by its own PING heartbeat alone.
+/// The plan bounds the stale-read window by heartbeat (500 ms) + timeout (250 ms); the coarse
+/// ceiling here is 1 s (two unanswered heartbeats would take 1.0 to 1.5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_21_half_open_subscriber_noticed_by_the_heartbeat_alone() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+    let a = build(builder(&proxy.url(), "f21h")).await;
+    wait_until("A to subscribe", || a.stats().subscribed).await;
+    let before = a.stats().total.l1_flushes_disconnect;
+    proxy.set_mode_where(Mode::Hold, Target::Subscriber);
+    let held = Instant::now();
+    let detected = wait_until("the heartbeat to notice", || {
+        a.stats().total.l1_flushes_disconnect > before
+    })
+    .await;
+    println!(
+        "scenario 21 (one instance): the subscriber heartbeat noticed the held link and flushed L1 after {:?} (plan: <= 750 ms)",
+        held.elapsed()
+    );
+    assert!(
+        detected < Duration::from_secs(1),
+        "noticed after {detected:?}"
+    );
+    proxy.set_mode_where(Mode::Pass, Target::All);
+    wait_until("A to resubscribe", || a.stats().subscribed).await;
+}
+
+static CONTRACT_RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// A value that carries a canary, so that a log line holding a value would be caught.
+#[tiered_cache(key = "lc:<id>", ttl = "60s", tiers = "l2")]
+async fn contract_value(id: u64) -> String {
+    CONTRACT_RUNS.fetch_add(1, Ordering::Relaxed);
+    format!("V4lue-canary-{id}")
+}
+
+/// The logging contract under repeated faults: the connection reset every 200 ms for 2 s
+/// (10 cuts) while calls go on, corrupt bytes under two keys, a password in the URL. No ERROR
+/// (nothing is misconfigured), the lost connection is logged at WARN at most once (once a
+/// minute per cause), the corrupt bytes once for the function, and no line carries the
+/// password or a value. The whole WARN story is printed.
+#[test]
+fn logging_contract_repeated_faults_warn_once_per_cause_and_never_a_secret() {
+    let logs = Logs::new();
+    logs.block_on(2, async {
+        let redis = RedisServer::start_with(&["--requirepass", "S3cr3t-canary-pw"]);
+        let proxy = Proxy::start(([127, 0, 0, 1], redis.port()).into()).await;
+        let url = format!("redis://:S3cr3t-canary-pw@{}/", proxy.addr());
+        let mark = logs.mark();
+        let rt = build(builder(&url, "lc")).await;
+        let start = Instant::now();
+        let mut next_cut = Duration::from_millis(200);
+        let (mut calls, mut cuts) = (0u64, 0);
+        while start.elapsed() < Duration::from_secs(2) {
+            let id = calls % 50;
+            assert_eq!(
+                bounded("call", rt.scope(contract_value(id))).await,
+                format!("V4lue-canary-{id}")
+            );
+            calls += 1;
+            if start.elapsed() >= next_cut {
+                proxy.cut_all();
+                cuts += 1;
+                next_cut += Duration::from_millis(200);
+            }
+            tokio::task::yield_now().await;
+        }
+        wait_until("L2 to answer again", || rt.stats().l2_connected).await;
+        for id in [1000u64, 1001] {
+            let failures = rt.stats().total.decode_failures;
+            redis.set(&format!("lc:lc:<{id}>"), b"garbage, not an envelope");
+            bounded("the garbage to be read", async {
+                while rt.stats().total.decode_failures == failures {
+                    assert_eq!(rt.scope(contract_value(id)).await, format!("V4lue-canary-{id}"));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await;
+        }
+        logs.print_warnings("logging contract", mark);
+        let warn = |text: &str| logs.matching(mark, Level::WARN, text).len();
+        println!(
+            "logging contract: {calls} calls, {cuts} cuts, {} reconnects; WARN {} (connection lost {}, decode {}), ERROR {}",
+            rt.stats().total.l2_connects,
+            logs.count(mark, Level::WARN),
+            warn("lost the Redis connection"),
+            warn("not a valid value"),
+            logs.count(mark, Level::ERROR)
+        );
+        assert!(cuts >= 5, "the faults happened ({cuts} cuts)");
+        assert_eq!(logs.count(mark, Level::ERROR), 0);
+        assert!(warn("lost the Redis connection") <= 1);
+        assert_eq!(warn("not a valid value"), 1, "decode failures: once per function");
+        logs.assert_absent("S3cr3t-canary-pw");
+        logs.assert_absent("V4lue-canary");
+    });
+}

@@ -521,14 +521,21 @@ async fn an_invalidation_during_a_refresh_stores_nothing_stale() {
     PARK_I.store(false, Ordering::SeqCst);
     assert_eq!(redis.get("t:i:<1>"), None, "the refresh stored nothing");
     assert_eq!(rt.scope(refreshed(1)).await, Ok("1@v2".into()));
-    assert_eq!(rt.stats().total.fills_refused, 1, "the refresh's fill was refused");
+    assert_eq!(
+        rt.stats().total.fills_refused,
+        1,
+        "the refresh's fill was refused"
+    );
 
     // The same with the key deleted behind the runtime's back (no message, so nothing local
     // stops the fill): the fill's script finds that the version it read is gone.
     tokio::time::sleep(Duration::from_millis(560)).await;
     PARK_I.store(true, Ordering::SeqCst);
     assert_eq!(rt.scope(refreshed(1)).await, Ok("1@v2".into()));
-    wait_until("the second refresh to start", || rt.stats().total.refreshes == 2).await;
+    wait_until("the second refresh to start", || {
+        rt.stats().total.refreshes == 2
+    })
+    .await;
     redis.cmd::<()>(&[b"DEL", b"t:i:<1>"]);
     DB_I.version.store(3, Ordering::SeqCst);
     GATE_I.add_permits(1);
@@ -574,8 +581,13 @@ async fn an_invalidation_while_the_body_runs_withdraws_the_stale_value() {
         let rt = rt.clone();
         tokio::spawn(async move { rt.scope(failing_later(1)).await })
     };
-    wait_until("the body to start", || REACHED_F.load(Ordering::SeqCst) == 1).await;
-    rt.scope(invalidate_failing_later(1)).await.expect("invalidate");
+    wait_until("the body to start", || {
+        REACHED_F.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    rt.scope(invalidate_failing_later(1))
+        .await
+        .expect("invalidate");
     GATE_F.add_permits(1);
     assert_eq!(
         bounded("the caller", caller).await.expect("no panic"),

@@ -97,8 +97,15 @@ async fn a_full_queue_drops_and_shutdown_drains_releases_and_disconnects() {
     );
     assert_eq!(s.background_writes + s.background_writes_dropped, 60);
     assert!(s.background_writes_dropped > 0, "the queue is bounded");
+    // Shutdown begins while the writes are still held: it must wait for them (the gate opens
+    // a moment later; the wait is what is tested, the moment only orders the two).
+    let shutdown = {
+        let rt = rt.clone();
+        tokio::spawn(async move { rt.shutdown().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
     rt.hooks().background_write.open();
-    bounded("shutdown", rt.shutdown()).await;
+    bounded("shutdown", shutdown).await.expect("shutdown");
     let s = rt.stats().total;
     let keys = redis.keys();
     let leases = keys
