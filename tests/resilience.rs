@@ -490,10 +490,10 @@ static PARK_I: AtomicBool = AtomicBool::new(false);
 
 #[tiered_cache(key = "i:<id>", ttl = "1s", refresh_ahead = 0.5)]
 async fn refreshed(id: u64) -> Result<String, AppError> {
-    if PARK_I.load(Ordering::SeqCst) {
-        if let Ok(permit) = GATE_I.acquire().await {
-            permit.forget();
-        }
+    if PARK_I.load(Ordering::SeqCst)
+        && let Ok(permit) = GATE_I.acquire().await
+    {
+        permit.forget();
     }
     DB_I.read(id).await
 }
