@@ -246,30 +246,15 @@ impl Runtime {
                     // A value whose expiry its writer did not record (an older wire) is served
                     // but not promoted: its L1 copy could outlive the L2 entry.
                     let promote = l1.filter(|_| remaining.is_some() && self.should_promote(site));
-                    let fresh = remaining.map_or(Duration::ZERO, |r| r.min(site.options().ttl));
-                    let life = self.l1_life(
-                        fresh,
-                        kept.unwrap_or(fresh),
-                        self.refresh_in(site, fresh),
+                    self.complete_with_l2_value(
+                        site,
+                        guard,
+                        promote,
+                        (digest, epoch),
+                        &value,
+                        (remaining, kept),
                         bytes.len(),
                     );
-                    let mut promoted = false;
-                    let stored = guard.complete(
-                        || Shared::Value(Arc::new(value.clone())),
-                        || {
-                            if let Some(l1) = promote
-                                && !fresh.is_zero()
-                            {
-                                l1.insert(digest, value.clone(), life, epoch);
-                                promoted = true;
-                            }
-                        },
-                    );
-                    if promoted {
-                        Counters::bump(&c.promotions);
-                    } else if promote.is_some() && !stored {
-                        Counters::bump(&c.fills_refused);
-                    }
                     return if self.due(site, remaining) {
                         Begin::DoneRefresh(K::from_value(value), kind)
                     } else {
@@ -417,21 +402,16 @@ impl Runtime {
                 } => {
                     if !self.due(site, remaining) {
                         // Another process refreshed it already: take its value.
-                        let fresh = remaining.map_or(Duration::ZERO, |r| r.min(site.options().ttl));
-                        let life = self.l1_life(
-                            fresh,
-                            kept.unwrap_or(fresh),
-                            self.refresh_in(site, fresh),
-                            bytes.len(),
-                        );
                         release_lock(l2, lock.as_ref(), c).await;
-                        guard.complete(
-                            || Shared::Value(Arc::new(value.clone())),
-                            || {
-                                if let Some(l1) = l1 {
-                                    l1.insert(digest, value.clone(), life, epoch);
-                                }
-                            },
+                        let promote = l1.filter(|_| remaining.is_some());
+                        self.complete_with_l2_value(
+                            site,
+                            guard,
+                            promote,
+                            (digest, epoch),
+                            &value,
+                            (remaining, kept),
+                            bytes.len(),
                         );
                         return None;
                     }
@@ -465,6 +445,49 @@ impl Runtime {
             error: None,
             refresh: true,
         })
+    }
+}
+
+impl Runtime {
+    /// Ends a flight with a value read from L2, copied into `promote` (an L1) for no longer
+    /// than Redis keeps it fresh (`remaining`; kept until `kept`); counts the promotion, or
+    /// the refusal when an invalidation hit the flight meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    fn complete_with_l2_value<V: crate::memoize::CacheValue>(
+        &self,
+        site: &'static Site,
+        guard: FlightGuard,
+        promote: Option<&TypedL1<V>>,
+        (digest, epoch): (Digest, u64),
+        value: &V,
+        (remaining, kept): (Option<Duration>, Option<Duration>),
+        size: usize,
+    ) {
+        let c = self.table().site(site);
+        let fresh = remaining.map_or(Duration::ZERO, |r| r.min(site.options().ttl));
+        let life = self.l1_life(
+            fresh,
+            kept.unwrap_or(fresh),
+            self.refresh_in(site, fresh),
+            size,
+        );
+        let mut promoted = false;
+        let stored = guard.complete(
+            || Shared::Value(Arc::new(value.clone())),
+            || {
+                if let Some(l1) = promote
+                    && !fresh.is_zero()
+                {
+                    l1.insert(digest, value.clone(), life, epoch);
+                    promoted = true;
+                }
+            },
+        );
+        if promoted {
+            Counters::bump(&c.promotions);
+        } else if promote.is_some() && !stored {
+            Counters::bump(&c.fills_refused);
+        }
     }
 }
 
