@@ -630,3 +630,71 @@ async fn l1_max_bytes_bounds_the_memory_of_large_values() {
     assert!(s.l1_bytes <= 64 << 20 && s.l1_entries <= 64);
     assert!(s.l1_entries > 0, "L1 still caches");
 }
+
+static DB_S: Db = Db::new();
+static GATE_S: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(0);
+static PARK_S: AtomicBool = AtomicBool::new(false);
+static REACHED_S: AtomicU64 = AtomicU64::new(0);
+
+/// Also reports the namespace of the runtime its body runs under.
+#[tiered_cache(key = "s:<id>", ttl = "300ms", fail_safe = "1m", hard_timeout = "5s")]
+async fn shared_stale(id: u64) -> Result<(String, String), AppError> {
+    if PARK_S.load(Ordering::SeqCst) {
+        REACHED_S.fetch_add(1, Ordering::SeqCst);
+        if let Ok(permit) = GATE_S.acquire().await {
+            permit.forget();
+        }
+    }
+    let namespace = Runtime::current().config().namespace().to_owned();
+    DB_S.read(id).await.map(|v| (v, namespace))
+}
+
+/// While one instance recomputes an expired key that fail-safe keeps (it holds the key's
+/// refresh lock), another instance's callers get the stale value at once instead of waiting or
+/// running the body too. The body, run in a task (a hard timeout is armed), still runs under
+/// the caller's `Runtime::scope`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_another_instance_recomputes_an_expired_key_callers_get_the_stale_value() {
+    let redis = RedisServer::start();
+    let (a, b) = (runtime(&redis, "s1").await, runtime(&redis, "s1").await);
+    let first = a.scope(shared_stale(1)).await;
+    assert_eq!(
+        first,
+        Ok(("1@v1".into(), "s1".into())),
+        "the scope reached the task"
+    );
+    past(300).await;
+    DB_S.version.store(2, Ordering::SeqCst);
+    PARK_S.store(true, Ordering::SeqCst);
+    let recompute = {
+        let a = a.clone();
+        tokio::spawn(async move { a.scope(shared_stale(1)).await })
+    };
+    wait_until("A's body to start", || {
+        REACHED_S.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(
+            bounded("B's call", b.scope(shared_stale(1))).await,
+            Ok(("1@v1".into(), "s1".into())),
+            "the stale value, at once"
+        );
+    }
+    assert_eq!(DB_S.runs(), 1, "B ran no body while A recomputes");
+    assert_eq!(b.stats().total.stale_served, 10);
+    GATE_S.add_permits(1);
+    assert_eq!(
+        bounded("A's recomputation", recompute)
+            .await
+            .expect("no panic"),
+        Ok(("1@v2".into(), "s1".into()))
+    );
+    PARK_S.store(false, Ordering::SeqCst);
+    b.flush_l1();
+    assert_eq!(
+        b.scope(shared_stale(1)).await,
+        Ok(("1@v2".into(), "s1".into())),
+        "A's value"
+    );
+}
