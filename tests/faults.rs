@@ -1117,8 +1117,12 @@ async fn scenario_23_connections_reset_every_500ms_never_mix_up_keys() {
         s.subscribed && s.l2_connected
     })
     .await;
-    for id in 0..20 {
-        assert_eq!(rt.scope(through_l2(id)).await, value_of(id));
+    // Two passes: values written during the storm may have expired (TTL 2 s) while the
+    // breaker kept L2 closed; the first pass fills them again, the second must hit.
+    for _pass in 0..2 {
+        for id in 0..20 {
+            assert_eq!(rt.scope(through_l2(id)).await, value_of(id));
+        }
     }
     assert!(rt.stats().total.l2_hits > hits, "L2 hits after the storm");
     println!(

@@ -3,9 +3,9 @@
 //! * **ERROR** only for configuration problems: a key template that cannot render, two
 //!   functions sharing a key shape, credentials or permissions Redis refuses.
 //! * **WARN** once per circuit-breaker transition to open (closing is INFO), once per function
-//!   for bytes in Redis that are not its values, and for every other cause (a lost connection,
-//!   missed heartbeats, a refused command, a full invalidation queue, a restarted bus task) at
-//!   most once a minute per cause, per runtime ([`Limiter`]).
+//!   for bytes in Redis that are not its values, and for every other cause (a lost or replaced
+//!   connection, with the reason, a refused command, a full invalidation queue, a restarted bus
+//!   task) at most once a minute per cause, per runtime ([`Limiter`]).
 //! * Never a value, a password or a whole key: keys appear as a short hash, Redis as
 //!   `host:port`.
 

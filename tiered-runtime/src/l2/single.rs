@@ -253,15 +253,15 @@ impl Single {
     }
 
     /// Forgets connection `id` (if still current) and wakes the supervisor.
-    fn lose(&self, id: u64) {
+    fn lose(&self, id: u64, reason: &'static str) {
         let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
         if cur.as_ref().is_some_and(|c| c.id == id) {
             *cur = None;
             drop(cur);
             if self.logs.allow("connection lost") {
-                tracing::warn!(redis = %self.addr, "tiered: lost the Redis connection; reconnecting in the background (logged at most once a minute)");
+                tracing::warn!(redis = %self.addr, reason, "tiered: lost the Redis connection; reconnecting in the background (logged at most once a minute)");
             } else {
-                tracing::debug!(redis = %self.addr, "tiered: lost the Redis connection; reconnecting in the background");
+                tracing::debug!(redis = %self.addr, reason, "tiered: lost the Redis connection; reconnecting in the background");
             }
         }
         self.lost.notify_one();
@@ -285,7 +285,7 @@ impl Single {
                     || e.is_unrecoverable_error()
                     || (e.is_io_error() && !e.is_timeout())
                 {
-                    self.lose(id);
+                    self.lose(id, "the connection failed");
                 }
                 Err(L2Error::Failed(e))
             }
@@ -342,16 +342,13 @@ async fn supervise(weak: Weak<Single>) {
                 match result {
                     Ok(Ok(())) => misses = 0,
                     Ok(Err(e)) if e.is_connection_dropped() || e.is_unrecoverable_error() => {
-                        this.lose(id)
+                        this.lose(id, "the heartbeat found the connection closed")
                     }
                     Ok(Err(_)) | Err(_) => {
                         misses += 1;
                         if misses >= HEARTBEAT_MISSES {
                             misses = 0;
-                            if this.logs.allow("heartbeats") {
-                                tracing::warn!(redis = %this.addr, "tiered: Redis stopped answering heartbeats; replacing the connection (logged at most once a minute)");
-                            }
-                            this.lose(id);
+                            this.lose(id, "Redis stopped answering heartbeats");
                         }
                     }
                 }
