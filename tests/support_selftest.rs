@@ -454,3 +454,32 @@ fn a_port_served_by_another_server_is_not_taken_for_ours() {
     );
     assert_eq!(first.cmd::<String>(&[b"PING"]), "PONG");
 }
+
+/// A local cluster of 3 masters forms (every node `cluster_state:ok`, all slots assigned),
+/// spreads keys over every master, and redirects a key sent to a node that does not own it.
+#[test]
+fn a_local_cluster_of_three_masters_forms_and_spreads_keys() {
+    let _env = ENV.blocking_lock();
+    let t = Instant::now();
+    let cluster = support::cluster::Cluster::start(3);
+    println!("3-master cluster ready in {:?}", t.elapsed());
+    let owners: std::collections::HashSet<u16> = (0..30)
+        .map(|i| cluster.owner_of(&format!("k:{i}")).port())
+        .collect();
+    assert_eq!(owners.len(), 3, "keys spread over every master");
+    let owner = cluster.owner_of("k:0").port();
+    let other = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.port() != owner)
+        .expect("another node");
+    let moved = other.try_cmd::<()>(&[b"SET", b"k:0", b"v"]);
+    assert!(
+        moved
+            .as_ref()
+            .is_err_and(|e| e.to_string().to_uppercase().contains("MOVED")),
+        "{moved:?}"
+    );
+    cluster.owner_of("k:0").cmd::<()>(&[b"SET", b"k:0", b"v"]);
+    assert_eq!(cluster.owner_of("k:0").get("k:0"), Some(b"v".to_vec()));
+}

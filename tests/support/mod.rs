@@ -9,9 +9,10 @@
 //! thaw it ([`RedisServer::freeze`], [`RedisServer::thaw`]: SIGSTOP/SIGCONT, TCP stays up),
 //! pause its clients ([`RedisServer::client_pause`]), block its event loop
 //! ([`RedisServer::debug_sleep`]) and cap its memory ([`RedisServer::maxmemory`]). [`logs`]
-//! captures the runtime's log events for assertions.
+//! captures the runtime's log events for assertions. [`cluster`] forms a local Redis Cluster.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod logs;
 pub mod proxy;
 

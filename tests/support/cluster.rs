@@ -1,0 +1,179 @@
+//! A local Redis Cluster per test: `masters` nodes started with `--cluster-enabled yes` on free
+//! ports (each below 55535, so its bus port, +10000, fits), joined with `redis-cli --cluster
+//! create … --cluster-yes` (retried, as redis-rs's own test harness does), and ready once every
+//! node reports `cluster_state:ok` with all 16384 slots assigned. Every node is killed when the
+//! value is dropped, and its `nodes.conf` removed.
+//!
+//! A cluster is 3 or more processes and takes a few seconds to form on 2 cores, so clusters are
+//! built one at a time in a process: [`Cluster::start`] holds a process-wide lock for the
+//! cluster's lifetime (tests of one binary run in parallel threads).
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::RedisServer;
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static NEXT_CONF: AtomicUsize = AtomicUsize::new(0);
+
+/// How long a cluster may take to form before the test fails.
+const FORM_WITHIN: Duration = Duration::from_secs(30);
+
+/// A running local cluster (see the module docs).
+pub struct Cluster {
+    nodes: Vec<RedisServer>,
+    confs: Vec<std::path::PathBuf>,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    /// Starts `masters` master nodes (at least 3, as `redis-cli --cluster create` requires)
+    /// and waits until the cluster is ready.
+    pub fn start(masters: usize) -> Cluster {
+        assert!(masters >= 3, "a Redis Cluster needs at least 3 masters");
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let mut nodes = Vec::new();
+        let mut confs = Vec::new();
+        for _ in 0..masters {
+            let conf = format!(
+                "tiered-nodes-{}-{}.conf",
+                std::process::id(),
+                NEXT_CONF.fetch_add(1, Ordering::Relaxed)
+            );
+            confs.push(std::env::temp_dir().join(&conf));
+            nodes.push(RedisServer::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &conf,
+                "--cluster-node-timeout",
+                "1000",
+            ]));
+        }
+        let cluster = Cluster {
+            nodes,
+            confs,
+            _turn: turn,
+        };
+        cluster.create();
+        cluster.wait_ready();
+        cluster
+    }
+
+    fn create(&self) {
+        let addrs: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let mut last = String::new();
+        for _ in 0..5 {
+            let out = Command::new("redis-cli")
+                .arg("--cluster")
+                .arg("create")
+                .args(&addrs)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .output();
+            match out {
+                Ok(o) if o.status.success() => return,
+                Ok(o) => last = String::from_utf8_lossy(&o.stdout).into_owned(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                    "redis-cli was not found on PATH: install the Debian package redis-tools (it comes with redis-server), or run the README's test command"
+                ),
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("redis-cli --cluster create failed: {last}");
+    }
+
+    fn wait_ready(&self) {
+        let start = Instant::now();
+        while start.elapsed() < FORM_WITHIN {
+            if self.nodes.iter().all(|n| {
+                let info = n.cmd::<String>(&[b"CLUSTER", b"INFO"]);
+                field(&info, "cluster_state") == Some("ok")
+                    && field(&info, "cluster_slots_assigned") == Some("16384")
+                    && field(&info, "cluster_known_nodes")
+                        == Some(self.nodes.len().to_string().as_str())
+            }) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the cluster did not become ready within {FORM_WITHIN:?}");
+    }
+
+    /// The nodes, in start order.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// `redis://127.0.0.1:<port>/` of every node (seed nodes for a cluster client).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The node that serves `key`'s slot.
+    pub fn owner_of(&self, key: &str) -> &RedisServer {
+        let slot: i64 = self.nodes[0].cmd(&[b"CLUSTER", b"KEYSLOT", key.as_bytes()]);
+        let owned = |n: &RedisServer| {
+            let shards: redis::Value = n.cmd(&[b"CLUSTER", b"SLOTS"]);
+            let me = n.port() as i64;
+            slot_ranges(&shards)
+                .into_iter()
+                .any(|(from, to, port)| port == me && (from..=to).contains(&slot))
+        };
+        self.nodes
+            .iter()
+            .find(|n| owned(n))
+            .unwrap_or_else(|| panic!("no node owns slot {slot} of {key:?}"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        for c in &self.confs {
+            let _ = std::fs::remove_file(c);
+        }
+    }
+}
+
+/// `name:value` of a `CLUSTER INFO` / `INFO` reply.
+fn field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(':'))
+            .map(str::trim)
+    })
+}
+
+/// `(first slot, last slot, master port)` of each range of a `CLUSTER SLOTS` reply.
+fn slot_ranges(reply: &redis::Value) -> Vec<(i64, i64, i64)> {
+    let redis::Value::Array(ranges) = reply else {
+        return Vec::new();
+    };
+    ranges
+        .iter()
+        .filter_map(|r| match r {
+            redis::Value::Array(parts) => match parts.as_slice() {
+                [
+                    redis::Value::Int(from),
+                    redis::Value::Int(to),
+                    redis::Value::Array(master),
+                    ..,
+                ] => match master.get(1) {
+                    Some(redis::Value::Int(port)) => Some((*from, *to, *port)),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
