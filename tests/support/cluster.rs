@@ -1,8 +1,9 @@
-//! A local Redis Cluster per test: `masters` nodes started with `--cluster-enabled yes` on free
-//! ports (each below 55535, so its bus port, +10000, fits), joined with `redis-cli --cluster
-//! create … --cluster-yes` (retried, as redis-rs's own test harness does), and ready once every
-//! node reports `cluster_state:ok` with all 16384 slots assigned. Every node is killed when the
-//! value is dropped, and its `nodes.conf` removed.
+//! A local Redis Cluster per test: `masters` nodes (and `replicas` per master) started with
+//! `--cluster-enabled yes` on free ports (each below 55535, so its bus port, +10000, fits),
+//! joined with `redis-cli --cluster create … --cluster-replicas R --cluster-yes` (retried, as
+//! redis-rs's own test harness does), and ready once every node reports `cluster_state:ok` with
+//! all 16384 slots assigned and every master has its replicas attached. Every node is killed
+//! when the value is dropped, and its `nodes.conf` removed.
 //!
 //! A cluster is 3 or more processes and takes a few seconds to form on 2 cores, so clusters are
 //! built one at a time in a process: [`Cluster::start`] holds a process-wide lock for the
@@ -32,11 +33,17 @@ impl Cluster {
     /// Starts `masters` master nodes (at least 3, as `redis-cli --cluster create` requires)
     /// and waits until the cluster is ready.
     pub fn start(masters: usize) -> Cluster {
+        Self::start_with_replicas(masters, 0)
+    }
+
+    /// Starts `masters` masters with `replicas` replicas each and waits until the cluster is
+    /// ready, replicas attached.
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> Cluster {
         assert!(masters >= 3, "a Redis Cluster needs at least 3 masters");
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let mut nodes = Vec::new();
         let mut confs = Vec::new();
-        for _ in 0..masters {
+        for _ in 0..masters * (1 + replicas) {
             let conf = format!(
                 "tiered-nodes-{}-{}.conf",
                 std::process::id(),
@@ -57,12 +64,12 @@ impl Cluster {
             confs,
             _turn: turn,
         };
-        cluster.create();
-        cluster.wait_ready();
+        cluster.create(replicas);
+        cluster.wait_ready(masters, replicas);
         cluster
     }
 
-    fn create(&self) {
+    fn create(&self, replicas: usize) {
         let addrs: Vec<String> = self
             .nodes
             .iter()
@@ -74,7 +81,7 @@ impl Cluster {
                 .arg("--cluster")
                 .arg("create")
                 .args(&addrs)
-                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
                 .output();
             match out {
                 Ok(o) if o.status.success() => return,
@@ -89,17 +96,29 @@ impl Cluster {
         panic!("redis-cli --cluster create failed: {last}");
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&self, masters: usize, replicas: usize) {
         let start = Instant::now();
         while start.elapsed() < FORM_WITHIN {
-            if self.nodes.iter().all(|n| {
+            let formed = self.nodes.iter().all(|n| {
                 let info = n.cmd::<String>(&[b"CLUSTER", b"INFO"]);
                 field(&info, "cluster_state") == Some("ok")
                     && field(&info, "cluster_slots_assigned") == Some("16384")
                     && field(&info, "cluster_known_nodes")
                         == Some(self.nodes.len().to_string().as_str())
-            }) {
-                return;
+            });
+            // Every master has its replicas attached and in sync.
+            if formed && self.masters().len() == masters {
+                let attached = self.masters().iter().all(|m| {
+                    let info = m.cmd::<String>(&[b"INFO", b"replication"]);
+                    let online = info
+                        .lines()
+                        .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+                        .count();
+                    online >= replicas
+                });
+                if attached {
+                    return;
+                }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -109,6 +128,28 @@ impl Cluster {
     /// The nodes, in start order.
     pub fn nodes(&self) -> &[RedisServer] {
         &self.nodes
+    }
+
+    /// The nodes that are masters now (`INFO replication`: `role:master`).
+    pub fn masters(&self) -> Vec<&RedisServer> {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                let info = n.cmd::<String>(&[b"INFO", b"replication"]);
+                field(&info, "role") == Some("master")
+            })
+            .collect()
+    }
+
+    /// The nodes that are replicas now.
+    pub fn replicas(&self) -> Vec<&RedisServer> {
+        self.nodes
+            .iter()
+            .filter(|n| {
+                let info = n.cmd::<String>(&[b"INFO", b"replication"]);
+                field(&info, "role") == Some("slave")
+            })
+            .collect()
     }
 
     /// `redis://127.0.0.1:<port>/` of every node (seed nodes for a cluster client).
