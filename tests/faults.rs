@@ -1117,14 +1117,18 @@ async fn scenario_23_connections_reset_every_500ms_never_mix_up_keys() {
         s.subscribed && s.l2_connected
     })
     .await;
-    // Two passes: values written during the storm may have expired (TTL 2 s) while the
-    // breaker kept L2 closed; the first pass fills them again, the second must hit.
-    for _pass in 0..2 {
-        for id in 0..20 {
-            assert_eq!(rt.scope(through_l2(id)).await, value_of(id));
+    // Values written during the storm may have expired (TTL 2 s) while the breaker kept L2
+    // off, and the breaker may still be cooling down (500 ms) from the last cut: pass over the
+    // keys until L2 answers with hits again (bounded: it must recover by itself).
+    bounded("L2 hits after the storm", async {
+        while rt.stats().total.l2_hits <= hits {
+            for id in 0..20 {
+                assert_eq!(rt.scope(through_l2(id)).await, value_of(id));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-    assert!(rt.stats().total.l2_hits > hits, "L2 hits after the storm");
+    })
+    .await;
     println!(
         "scenario 23: L2 answering again {:?} after the last cut",
         recovered.elapsed()
