@@ -127,6 +127,31 @@ async fn scenario_1_burst_on_one_key_is_computed_once_with_redis() {
     );
 }
 
+/// Scenario 1 on a Redis Cluster (3 masters): the same counts, summed over the masters (every
+/// flight's read and fill touch the key's one slot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_1_burst_on_one_key_is_computed_once_on_a_cluster() {
+    let cluster = support::cluster::Cluster::start(3);
+    let rt = Runtime::builder()
+        .namespace("coalesce")
+        .redis_cluster(cluster.urls())
+        .build()
+        .await
+        .expect("runtime on the cluster");
+    for node in cluster.nodes() {
+        node.reset_stats();
+    }
+    scenario_1(rt.clone(), "cluster").await;
+    let calls = |c: &str| -> u64 { cluster.nodes().iter().map(|n| n.calls(c)).sum() };
+    assert_eq!(calls("eval"), 20 + 100, "one fill per flight");
+    assert_eq!(
+        calls("set"),
+        2 * (20 + 100),
+        "the read, and the fill's write"
+    );
+    assert_eq!(rt.stats().total.l2_errors, 0);
+}
+
 static PARKED: Site = Site::new("coalescing::parked", "parked:<case>", SiteOptions::DEFAULT);
 
 /// A body that parks forever on its first run (signalling `entered`) and returns after that.

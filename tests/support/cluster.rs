@@ -130,10 +130,17 @@ impl Cluster {
         &self.nodes
     }
 
+    /// Kills node `i` (SIGKILL); the others carry on (the cluster marks it failed after its
+    /// node timeout, 1 s).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].kill();
+    }
+
     /// The nodes that are masters now (`INFO replication`: `role:master`).
     pub fn masters(&self) -> Vec<&RedisServer> {
         self.nodes
             .iter()
+            .filter(|n| n.is_running())
             .filter(|n| {
                 let info = n.cmd::<String>(&[b"INFO", b"replication"]);
                 field(&info, "role") == Some("master")
@@ -145,6 +152,7 @@ impl Cluster {
     pub fn replicas(&self) -> Vec<&RedisServer> {
         self.nodes
             .iter()
+            .filter(|n| n.is_running())
             .filter(|n| {
                 let info = n.cmd::<String>(&[b"INFO", b"replication"]);
                 field(&info, "role") == Some("slave")

@@ -190,6 +190,11 @@ impl RedisServer {
         self.extra.get(i + 1).map(String::as_str)
     }
 
+    /// Whether the process is running (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// The port.
     pub fn port(&self) -> u16 {
         self.port

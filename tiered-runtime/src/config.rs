@@ -79,6 +79,7 @@ pub enum LeaseRead {
 pub struct Builder {
     namespace: String,
     redis_url: Option<String>,
+    redis_cluster: Option<Vec<String>>,
     l1_max_entries: u64,
     l1_max_ttl: Option<Duration>,
     l2_timeout: Duration,
@@ -124,6 +125,7 @@ impl Default for Builder {
         Builder {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             redis_url: None,
+            redis_cluster: None,
             l1_max_entries: DEFAULT_L1_MAX_ENTRIES,
             l1_max_ttl: None,
             l2_timeout: DEFAULT_L2_TIMEOUT,
@@ -157,7 +159,8 @@ impl Builder {
         Self::default()
     }
 
-    /// A builder that reads `TIERED_REDIS_URL` and `TIERED_NAMESPACE` from the environment.
+    /// A builder that reads `TIERED_REDIS_URL`, `TIERED_REDIS_CLUSTER` (seed node URLs separated
+    /// by commas) and `TIERED_NAMESPACE` from the environment.
     ///
     /// Unset or empty variables leave the default; a variable that is not valid UTF-8 makes
     /// [`build`](Self::build) fail with an error naming the field. Options set afterwards on the
@@ -166,11 +169,20 @@ impl Builder {
         let mut b = Self::default();
         for (var, field) in [
             ("TIERED_REDIS_URL", "redis_url"),
+            ("TIERED_REDIS_CLUSTER", "redis_cluster"),
             ("TIERED_NAMESPACE", "namespace"),
         ] {
             match std::env::var(var) {
                 Ok(v) if v.is_empty() => {}
                 Ok(v) if field == "redis_url" => b.redis_url = Some(v),
+                Ok(v) if field == "redis_cluster" => {
+                    b.redis_cluster = Some(
+                        v.split(',')
+                            .map(|s| s.trim().to_owned())
+                            .filter(|s| !s.is_empty())
+                            .collect(),
+                    );
+                }
                 Ok(v) => b.namespace = v,
                 Err(std::env::VarError::NotPresent) => {}
                 Err(std::env::VarError::NotUnicode(_)) => {
@@ -192,6 +204,19 @@ impl Builder {
     /// embedded mode: L1 only.
     pub fn redis_url(mut self, url: impl Into<String>) -> Self {
         self.redis_url = Some(url.into());
+        self
+    }
+
+    /// A Redis Cluster as L2: the URLs of some of its nodes (`redis://[user:password@]host:port`;
+    /// the client discovers the others). Exclusive with [`redis_url`](Self::redis_url). Every
+    /// command the runtime sends touches one slot; invalidations go out with classic `PUBLISH`,
+    /// which the cluster forwards to every node (see `docs/coherence.md`).
+    pub fn redis_cluster<I, S>(mut self, seeds: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.redis_cluster = Some(seeds.into_iter().map(Into::into).collect());
         self
     }
 
@@ -364,9 +389,16 @@ impl Builder {
             return Err(Error::config(field, reason));
         }
         validate_namespace(&self.namespace)?;
-        let redis = match self.redis_url.take() {
-            None => None,
-            Some(url) => Some(RedisTarget::parse(url)?),
+        let redis = match (self.redis_url.take(), self.redis_cluster.take()) {
+            (None, None) => None,
+            (Some(url), None) => Some(RedisTarget::parse(url)?),
+            (None, Some(seeds)) => Some(RedisTarget::cluster(seeds)?),
+            (Some(_), Some(_)) => {
+                return Err(Error::config(
+                    "redis_cluster",
+                    "give either redis_url (one server) or redis_cluster (seed nodes), not both",
+                ));
+            }
         };
         positive(self.l1_max_entries, "l1_max_entries")?;
         if let Some(ttl) = self.l1_max_ttl {
@@ -590,6 +622,8 @@ pub(crate) struct RedisTarget {
     /// The database index (part of the invalidation channel's name: Pub/Sub is not scoped
     /// by database).
     pub(crate) db: i64,
+    /// The seed nodes of a Redis Cluster (`client` is the first); `None`: one server.
+    pub(crate) cluster: Option<Vec<redis::Client>>,
 }
 
 impl RedisTarget {
@@ -605,6 +639,45 @@ impl RedisTarget {
             addr: redacted_addr(&url),
             db: client.get_connection_info().redis_settings().db(),
             client,
+            cluster: None,
+        })
+    }
+
+    fn cluster(seeds: Vec<String>) -> Result<Self> {
+        let mut clients = Vec::new();
+        for url in &seeds {
+            let client = redis::Client::open(url.as_str()).map_err(|e| {
+                Error::config(
+                    "redis_cluster",
+                    format!(
+                        "{} is not a usable Redis URL ({})",
+                        redacted_addr(url),
+                        e.kind_str()
+                    ),
+                )
+            })?;
+            if client.get_connection_info().redis_settings().db() != 0 {
+                return Err(Error::config(
+                    "redis_cluster",
+                    format!(
+                        "{}: a Redis Cluster has only database 0",
+                        redacted_addr(url)
+                    ),
+                ));
+            }
+            clients.push(client);
+        }
+        let Some(first) = clients.first().cloned() else {
+            return Err(Error::config(
+                "redis_cluster",
+                "needs at least one seed node",
+            ));
+        };
+        Ok(RedisTarget {
+            addr: format!("cluster {}", redacted_addr(&seeds[0])),
+            db: 0,
+            client: first,
+            cluster: Some(clients),
         })
     }
 }

@@ -148,15 +148,31 @@ impl Runtime {
         };
         let l2 = Arc::new(L2::start(&target, &config, table.clone()).await?);
         let channel = message::channel(&config.namespace, target.db);
-        let bus_client = bus::resp3(&target.client).map_err(|e| {
-            Error::config(
-                "redis_url",
-                format!(
-                    "cannot use it for the invalidation subscription ({:?})",
-                    e.kind()
-                ),
-            )
-        })?;
+        let field = if target.cluster.is_some() {
+            "redis_cluster"
+        } else {
+            "redis_url"
+        };
+        let nodes = match &target.cluster {
+            Some(seeds) => seeds.clone(),
+            None => vec![target.client.clone()],
+        };
+        let bus_clients = nodes
+            .iter()
+            .map(bus::resp3)
+            .collect::<redis::RedisResult<Vec<_>>>()
+            .map_err(|e| {
+                Error::config(
+                    field,
+                    format!(
+                        "cannot use it for the invalidation subscription ({:?})",
+                        e.kind()
+                    ),
+                )
+            })?;
+        let Some(bus_client) = bus_clients.first().cloned() else {
+            return Err(Error::config(field, "needs at least one node"));
+        };
         // The subscription is confirmed before `build()` returns, so no invalidation sent
         // after that is missed. Unreachable Redis: degraded start, the task subscribes later.
         let initial = if l2.is_connected() {
@@ -205,7 +221,7 @@ impl Runtime {
             local: Arc::downgrade(&local),
             bus: Arc::downgrade(&bus),
             l2: Arc::downgrade(&l2),
-            client: bus_client,
+            clients: bus_clients,
             connect_timeout: config.connect_timeout,
             ping_timeout: config.l2_timeout.max(Duration::from_millis(250)),
         };

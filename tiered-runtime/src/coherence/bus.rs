@@ -242,7 +242,10 @@ pub(crate) struct Ctx {
     pub(crate) bus: Weak<Bus>,
     pub(crate) l2: Weak<L2>,
     /// A RESP3 client for the subscription.
-    pub(crate) client: redis::Client,
+    /// RESP3 clients of the nodes the subscription may use (one for a single server; the seed
+    /// nodes of a cluster, where a classic `PUBLISH` reaches every node: after a failed
+    /// attempt the next one is tried).
+    pub(crate) clients: Vec<redis::Client>,
     pub(crate) connect_timeout: Duration,
     pub(crate) ping_timeout: Duration,
 }
@@ -362,6 +365,7 @@ async fn supervise(ctx: Ctx, mut initial: Option<Subscription>) {
 /// Subscribes (again and again, for as long as the runtime lives) and reads.
 async fn subscriber(ctx: Ctx, mut initial: Option<Subscription>, tx: mpsc::Sender<Action>) {
     let mut backoff = MIN_BACKOFF;
+    let mut node = 0usize;
     loop {
         let sub = match initial.take() {
             Some(sub) => sub,
@@ -373,7 +377,10 @@ async fn subscriber(ctx: Ctx, mut initial: Option<Subscription>, tx: mpsc::Sende
                 let capacity = bus.queue_capacity;
                 let table = local.table.clone();
                 drop((local, bus));
-                match subscribe(&ctx.client, &channel, ctx.connect_timeout, capacity, table).await {
+                let Some(client) = ctx.clients.get(node % ctx.clients.len().max(1)) else {
+                    return;
+                };
+                match subscribe(client, &channel, ctx.connect_timeout, capacity, table).await {
                     Ok(sub) => {
                         let Some((local, bus)) = ctx.upgrade() else {
                             return;
@@ -399,6 +406,7 @@ async fn subscriber(ctx: Ctx, mut initial: Option<Subscription>, tx: mpsc::Sende
                         } else {
                             tracing::debug!(error = %describe(&e), "tiered: resubscribe attempt failed");
                         }
+                        node = node.wrapping_add(1);
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                         continue;

@@ -4,6 +4,7 @@
 //! wait for a reconnect. The backend is an enum so that Redis Cluster can be added as a second
 //! variant without touching callers.
 
+mod cluster;
 mod single;
 
 use std::sync::Arc;
@@ -171,6 +172,7 @@ const DEL_IF_EQUAL: &str =
 
 enum Backend {
     Single(Arc<Single>),
+    Cluster(Arc<cluster::Cluster>),
 }
 
 pub(crate) struct L2 {
@@ -202,9 +204,13 @@ impl L2 {
             target.addr.clone(),
             stats.clone(),
         ));
-        let single = Single::start(target, config, breaker.clone(), stats.clone()).await?;
+        let backend = if target.cluster.is_some() {
+            Backend::Cluster(cluster::Cluster::start(target, config).await?)
+        } else {
+            Backend::Single(Single::start(target, config, breaker.clone(), stats.clone()).await?)
+        };
         Ok(L2 {
-            backend: Backend::Single(single),
+            backend,
             breaker,
             timeout: config.l2_timeout,
             logs: crate::logs::Limiter::default(),
@@ -222,13 +228,21 @@ impl L2 {
     pub(crate) fn close(&self) {
         match &self.backend {
             Backend::Single(s) => s.close(),
+            Backend::Cluster(c) => c.close(),
         }
     }
 
     pub(crate) fn is_connected(&self) -> bool {
         match &self.backend {
             Backend::Single(s) => s.is_connected(),
+            Backend::Cluster(c) => c.is_connected(),
         }
+    }
+
+    /// Whether L2 is a Redis Cluster: a request must then touch one slot, so what touches
+    /// several keys goes out as one request per key.
+    fn sharded(&self) -> bool {
+        matches!(self.backend, Backend::Cluster(_))
     }
 
     /// A flight's first round trip: `SET key lease NX GET PX lease_ttl` (atomically the
@@ -274,6 +288,7 @@ impl L2 {
             Err(L2Error::Failed(e)) if form == Form::SetNxGet && is_syntax_error(&e) => {
                 match &self.backend {
                     Backend::Single(s) => s.refuse_set_nx_get(),
+                    Backend::Cluster(c) => c.refuse_set_nx_get(),
                 }
                 self.read_with(
                     key,
@@ -292,6 +307,7 @@ impl L2 {
     fn pipelined(&self) -> bool {
         match &self.backend {
             Backend::Single(s) => s.pipelined(),
+            Backend::Cluster(c) => c.pipelined(),
         }
     }
 
@@ -370,14 +386,28 @@ impl L2 {
         if with_pttl {
             p.cmd("PTTL").arg(key);
         }
+        // The generations live in another key: on a cluster, another slot, so another request,
+        // sent at the same time.
+        let mut apart = None;
         if let Some((hash, site)) = generations {
-            p.cmd("HMGET")
+            let into = if self.sharded() {
+                apart.get_or_insert_with(redis::pipe)
+            } else {
+                &mut p
+            };
+            into.cmd("HMGET")
                 .arg(hash)
                 .arg(crate::coherence::generations::NAMESPACE_FIELD)
                 .arg(site);
         }
-        let replies: Vec<redis::Value> = self.exec(&p).await?;
-        let mut replies = replies.into_iter();
+        let (replies, more): (Vec<redis::Value>, Vec<redis::Value>) = match &apart {
+            Some(g) => {
+                let (main, gens) = tokio::join!(self.exec(&p), self.exec(g));
+                (main?, gens?)
+            }
+            None => (self.exec(&p).await?, Vec::new()),
+        };
+        let mut replies = replies.into_iter().chain(more);
         let value: Option<Vec<u8>> = next(&mut replies)?;
         let leased = match form {
             Form::SetNxGet => value.is_none(),
@@ -482,6 +512,12 @@ impl L2 {
             None => eval.arg("KEEPTTL"),
         };
         if let Some((lock, token)) = lock {
+            if self.sharded() {
+                // Another slot: its own request, after the write.
+                let (replaced,): (i64,) = self.exec(&p).await?;
+                self.release_many(&[(lock, token)]).await?;
+                return Ok(replaced == 1);
+            }
             p.cmd("EVAL")
                 .arg(DEL_IF_EQUAL)
                 .arg(1)
@@ -498,6 +534,18 @@ impl L2 {
     pub(crate) async fn release_many(&self, items: &[(&str, &[u8])]) -> Result<(), L2Error> {
         if items.is_empty() {
             return Ok(());
+        }
+        if self.sharded() && items.len() > 1 {
+            // One slot per request.
+            let mut first_error = Ok(());
+            for item in items {
+                if let Err(e) = Box::pin(self.release_many(std::slice::from_ref(item))).await
+                    && first_error.is_ok()
+                {
+                    first_error = Err(e);
+                }
+            }
+            return first_error;
         }
         let mut p = redis::pipe();
         for (key, bytes) in items {
@@ -519,6 +567,19 @@ impl L2 {
         channel: &str,
         message: &[u8],
     ) -> Result<(), L2Error> {
+        if self.sharded() && !keys.is_empty() {
+            // One request per key's slot, and the message only after every delete was answered
+            // (requests to several nodes keep no order): no instance re-reads an old value
+            // after the message.
+            for key in keys {
+                let mut p = redis::pipe();
+                p.cmd("DEL").arg(*key).ignore();
+                self.exec::<()>(&p).await?;
+            }
+            let mut p = redis::pipe();
+            p.cmd("PUBLISH").arg(channel).arg(message).ignore();
+            return self.exec::<()>(&p).await;
+        }
         let mut p = redis::pipe();
         for key in keys {
             p.cmd("DEL").arg(*key).ignore();
@@ -632,6 +693,7 @@ impl L2 {
     async fn run<T: redis::FromRedisValue>(&self, req: Request<'_>) -> Result<T, L2Error> {
         match &self.backend {
             Backend::Single(s) => s.query(req).await,
+            Backend::Cluster(c) => c.query(req).await,
         }
     }
 

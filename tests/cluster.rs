@@ -1,0 +1,142 @@
+//! L2 on a Redis Cluster (3 masters, spawned per test by `support::cluster`): the same API as on
+//! one server. Clusters are formed one at a time per process (a few seconds each on 2 cores).
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use support::cluster::Cluster;
+use support::{bounded, wait_until};
+use tiered::{Runtime, tiered_cache};
+
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[tiered_cache(key = "profile:<tenant>:<id>", ttl = "60s", promote = 1)]
+async fn profile(tenant: String, id: u64) -> String {
+    RUNS.fetch_add(1, Ordering::SeqCst);
+    format!("{tenant}/{id}")
+}
+
+async fn runtime(cluster: &Cluster, ns: &str) -> Runtime {
+    bounded(
+        "build",
+        Runtime::builder()
+            .namespace(ns)
+            .redis_cluster(cluster.urls())
+            .build(),
+    )
+    .await
+    .expect("runtime on the cluster")
+}
+
+/// Scenario 29 (part): keys of many tenants, some with `{` and `}` in their input (never hash
+/// tags: the key encoding escapes them), spread over every master; two instances share values
+/// through the cluster (one body run per key), with 0 errors (no `CROSSSLOT`); a key
+/// invalidation from A reaches B, and `invalidate_all_<fn>()` and `invalidate_all()` work across
+/// masters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_29_tenants_spread_over_every_master_and_invalidations_reach_every_instance() {
+    let cluster = Cluster::start(3);
+    let (a, b) = (
+        runtime(&cluster, "c29").await,
+        runtime(&cluster, "c29").await,
+    );
+    let tenants = ["acme", "{acme}", "a{b}c", "}{", "{", "globex"];
+    for t in tenants {
+        for id in 0..20 {
+            assert_eq!(
+                a.scope(profile(t.to_owned(), id)).await,
+                format!("{t}/{id}")
+            );
+        }
+    }
+    assert_eq!(RUNS.load(Ordering::SeqCst), 120);
+    for t in tenants {
+        for id in 0..20 {
+            assert_eq!(
+                b.scope(profile(t.to_owned(), id)).await,
+                format!("{t}/{id}")
+            );
+        }
+    }
+    assert_eq!(
+        RUNS.load(Ordering::SeqCst),
+        120,
+        "B read every value from L2"
+    );
+    let per_master: Vec<i64> = cluster
+        .masters()
+        .iter()
+        .map(|m| m.cmd::<i64>(&[b"DBSIZE"]))
+        .collect();
+    println!("scenario 29: 120 keys of 6 tenants; keys per master {per_master:?}");
+    assert!(per_master.iter().all(|n| *n > 0), "every master holds keys");
+    let (sa, sb) = (a.stats().total, b.stats().total);
+    assert_eq!(
+        (sa.l2_errors, sb.l2_errors),
+        (0, 0),
+        "no CROSSSLOT or other error"
+    );
+    assert_eq!(sb.l2_hits, 120);
+
+    // A key invalidation from A reaches B (B's L1 holds the value: promote = 1).
+    let received = b.stats().total.invalidations_received;
+    a.scope(invalidate_profile("{acme}".to_owned(), 3))
+        .await
+        .expect("invalidate");
+    wait_until("B to hear it", || {
+        b.stats().total.invalidations_received > received
+    })
+    .await;
+    assert_eq!(b.scope(profile("{acme}".to_owned(), 3)).await, "{acme}/3");
+    assert_eq!(
+        RUNS.load(Ordering::SeqCst),
+        121,
+        "B recomputed the invalidated key"
+    );
+
+    // Group invalidations, whose generations live on one master, reach keys on every master.
+    a.scope(invalidate_all_profile())
+        .await
+        .expect("invalidate_all_profile");
+    a.invalidate_all().await.expect("invalidate_all");
+    let before = RUNS.load(Ordering::SeqCst);
+    for t in tenants {
+        assert_eq!(a.scope(profile(t.to_owned(), 0)).await, format!("{t}/0"));
+    }
+    assert_eq!(
+        RUNS.load(Ordering::SeqCst),
+        before + 6,
+        "every tenant's key recomputed"
+    );
+    assert_eq!(a.stats().total.l2_errors, 0);
+}
+
+/// The node that holds the invalidation subscription dies: the subscriber notices, flushes L1
+/// (messages may be lost in the gap) and subscribes again on the next seed node, without
+/// traffic and without a runtime restart. (The cluster itself is down for keys of the dead
+/// master's slots meanwhile: no replicas here; failover is scenario 31's.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscription_moves_to_another_seed_node_when_its_node_dies() {
+    let mut cluster = Cluster::start(3);
+    let a = runtime(&cluster, "cm").await;
+    assert!(a.stats().subscribed);
+    let flushes = a.stats().total.l1_flushes_disconnect;
+    let subscribes = a.stats().total.bus_subscribes;
+    let killed = std::time::Instant::now();
+    cluster.kill(0);
+    let noticed = wait_until("the gap to be noticed", || {
+        a.stats().total.l1_flushes_disconnect > flushes
+    })
+    .await;
+    let back = wait_until("a subscription on another node", || {
+        let s = a.stats();
+        s.subscribed && s.total.bus_subscribes > subscribes
+    })
+    .await;
+    println!(
+        "subscription node killed: gap noticed after {noticed:?}, subscribed again on another seed node {:?} after the kill",
+        killed.elapsed()
+    );
+    let _ = back;
+}
