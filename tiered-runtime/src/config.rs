@@ -845,6 +845,40 @@ mod tests {
             "redis_url"
         );
         assert_eq!(field_of(Builder::new().redis_url("not a url")), "redis_url");
+        assert_eq!(
+            field_of(Builder::new().redis_cluster(Vec::<String>::new())),
+            "redis_cluster"
+        );
+        assert_eq!(
+            field_of(Builder::new().redis_cluster(["redis://127.0.0.1:7000/2"])),
+            "redis_cluster",
+            "a cluster has only database 0"
+        );
+        assert_eq!(
+            field_of(Builder::new().redis_cluster(["http://nope"])),
+            "redis_cluster"
+        );
+        assert_eq!(
+            field_of(
+                Builder::new()
+                    .redis_url("redis://127.0.0.1:6390")
+                    .redis_cluster(["redis://127.0.0.1:7000"])
+            ),
+            "redis_cluster",
+            "one server or a cluster, not both"
+        );
+    }
+
+    #[test]
+    fn a_bad_seed_node_error_never_echoes_the_password() {
+        let err = Builder::new()
+            .redis_cluster(["redis://user:S3cr3t-canary@127.0.0.1:7000/3"])
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("127.0.0.1:7000"), "{err}");
+        assert!(!err.contains("S3cr3t-canary"), "{err}");
     }
 
     #[test]
