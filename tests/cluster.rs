@@ -140,3 +140,115 @@ async fn the_subscription_moves_to_another_seed_node_when_its_node_dies() {
     );
     let _ = back;
 }
+
+static VERSION: AtomicU64 = AtomicU64::new(1);
+static HOT_RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// L2 only: every call crosses the cluster (and so the slot move).
+#[tiered_cache(key = "hot:<id>", ttl = "60s", tiers = "l2")]
+async fn hot(id: u64) -> String {
+    HOT_RUNS.fetch_add(1, Ordering::SeqCst);
+    format!("{id}@v{}", VERSION.load(Ordering::SeqCst))
+}
+
+/// Both tiers: B keeps it in L1, so only the invalidation message can make B read it again.
+#[tiered_cache(key = "warm:<id>", ttl = "60s", promote = 1)]
+async fn warm(id: u64) -> String {
+    format!("{id}@v{}", VERSION.load(Ordering::SeqCst))
+}
+
+/// Scenario 30: a slot moves to another master (`CLUSTER SETSLOT … IMPORTING/MIGRATING`, its
+/// keys `MIGRATE`d, then `SETSLOT … NODE` everywhere) while two instances keep calling a key of
+/// that slot through L2: every call answers with a value of that key (0 caller errors); after
+/// each invalidation from A has returned, B reads the new version, from Redis and from its L1
+/// (0 stale reads); the subscription stays up throughout (classic `PUBLISH` reaches every node,
+/// so a slot move does not touch it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_30_a_slot_moves_under_traffic_without_errors_or_stale_reads() {
+    use support::cluster::key_slot;
+    let cluster = Cluster::start(3);
+    let (a, b) = (
+        runtime(&cluster, "c30").await,
+        runtime(&cluster, "c30").await,
+    );
+    let slot = key_slot("c30:hot:<7>");
+    assert_eq!(
+        slot,
+        cluster.slot_of("c30:hot:<7>"),
+        "the slot computed as Redis does"
+    );
+    // A key of the other function in the same slot.
+    let w = (0u64..)
+        .find(|j| key_slot(&format!("c30:warm:<{j}>")) == slot)
+        .expect("a key in the slot");
+    let owner = cluster.owner_of("c30:hot:<7>").port();
+    let target = cluster
+        .nodes()
+        .iter()
+        .position(|n| n.port() != owner)
+        .expect("another master");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .map(|rt| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut calls = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let v = bounded("hot call", rt.scope(hot(7))).await;
+                    assert!(v.starts_with("7@v"), "another key's value: {v}");
+                    calls += 1;
+                    tokio::task::yield_now().await;
+                }
+                calls
+            })
+        })
+        .collect();
+    let mut stale = 0;
+    for round in 0..6 {
+        if round == 3 {
+            let t = std::time::Instant::now();
+            cluster.move_slot(slot, target);
+            println!("scenario 30: slot {slot} moved in {:?}", t.elapsed());
+        }
+        assert_eq!(
+            b.scope(warm(w)).await,
+            format!("{w}@v{}", VERSION.load(Ordering::SeqCst))
+        );
+        let received = b.stats().total.invalidations_received;
+        let new = VERSION.fetch_add(1, Ordering::SeqCst) + 1;
+        a.scope(invalidate_warm(w)).await.expect("invalidate warm");
+        a.scope(invalidate_hot(7)).await.expect("invalidate hot");
+        wait_until("B to hear it", || {
+            b.stats().total.invalidations_received >= received + 2
+        })
+        .await;
+        if b.scope(warm(w)).await != format!("{w}@v{new}") {
+            stale += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut calls = 0;
+    for t in traffic {
+        calls += bounded("traffic", t).await.expect("no panic");
+    }
+    let (sa, sb) = (a.stats(), b.stats());
+    println!(
+        "scenario 30: {calls} calls through L2 across the move, {} body runs; stale reads {stale}; L2 errors A {} B {}, timeouts A {} B {}; subscribed A {} B {}, subscriptions B {}",
+        HOT_RUNS.load(Ordering::SeqCst),
+        sa.total.l2_errors,
+        sb.total.l2_errors,
+        sa.total.l2_timeouts,
+        sb.total.l2_timeouts,
+        sa.subscribed,
+        sb.subscribed,
+        sb.total.bus_subscribes
+    );
+    assert_eq!(stale, 0);
+    assert!(sa.subscribed && sb.subscribed);
+    assert_eq!(sb.total.bus_subscribes, 1, "the subscription never dropped");
+    assert_eq!(
+        cluster.owner_of("c30:hot:<7>").port(),
+        cluster.nodes()[target].port()
+    );
+}

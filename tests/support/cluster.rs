@@ -130,6 +130,82 @@ impl Cluster {
         &self.nodes
     }
 
+    /// The slot of `key`.
+    pub fn slot_of(&self, key: &str) -> u16 {
+        let live = self
+            .nodes
+            .iter()
+            .find(|n| n.is_running())
+            .expect("a live node");
+        let slot: i64 = live.cmd(&[b"CLUSTER", b"KEYSLOT", key.as_bytes()]);
+        u16::try_from(slot).expect("a slot")
+    }
+
+    /// Moves `slot` to the master `to` (an index into [`nodes`](Self::nodes)) the way an
+    /// operator resharding does: `IMPORTING` on the target, `MIGRATING` on the owner, `MIGRATE`
+    /// of its keys in batches, then `SETSLOT … NODE` on every master. Clients see `ASK` while
+    /// keys move and `MOVED` afterwards.
+    pub fn move_slot(&self, slot: u16, to: usize) {
+        let slot_s = slot.to_string();
+        let from = self
+            .masters()
+            .into_iter()
+            .find(|m| {
+                let shards: redis::Value = m.cmd(&[b"CLUSTER", b"SLOTS"]);
+                let me = m.port() as i64;
+                slot_ranges(&shards)
+                    .into_iter()
+                    .any(|(a, b, port)| port == me && (a..=b).contains(&i64::from(slot)))
+            })
+            .expect("the slot's owner");
+        let target = &self.nodes[to];
+        assert_ne!(from.port(), target.port(), "the slot is already there");
+        let id = |n: &RedisServer| n.cmd::<String>(&[b"CLUSTER", b"MYID"]);
+        let (from_id, to_id) = (id(from), id(target));
+        target.cmd::<()>(&[
+            b"CLUSTER",
+            b"SETSLOT",
+            slot_s.as_bytes(),
+            b"IMPORTING",
+            from_id.as_bytes(),
+        ]);
+        from.cmd::<()>(&[
+            b"CLUSTER",
+            b"SETSLOT",
+            slot_s.as_bytes(),
+            b"MIGRATING",
+            to_id.as_bytes(),
+        ]);
+        let port = target.port().to_string();
+        loop {
+            let keys: Vec<Vec<u8>> =
+                from.cmd(&[b"CLUSTER", b"GETKEYSINSLOT", slot_s.as_bytes(), b"100"]);
+            if keys.is_empty() {
+                break;
+            }
+            let mut args: Vec<&[u8]> = vec![
+                b"MIGRATE",
+                b"127.0.0.1",
+                port.as_bytes(),
+                b"",
+                b"0",
+                b"5000",
+                b"KEYS",
+            ];
+            args.extend(keys.iter().map(Vec::as_slice));
+            from.cmd::<()>(&args);
+        }
+        for m in self.masters() {
+            m.cmd::<()>(&[
+                b"CLUSTER",
+                b"SETSLOT",
+                slot_s.as_bytes(),
+                b"NODE",
+                to_id.as_bytes(),
+            ]);
+        }
+    }
+
     /// Kills node `i` (SIGKILL); the others carry on (the cluster marks it failed after its
     /// node timeout, 1 s).
     pub fn kill(&mut self, i: usize) {
@@ -191,6 +267,31 @@ impl Drop for Cluster {
             let _ = std::fs::remove_file(c);
         }
     }
+}
+
+/// The cluster slot of `key` (CRC16/XMODEM of the key, or of its `{hash tag}`, mod 16384), as
+/// `CLUSTER KEYSLOT` computes it, without a round trip.
+pub fn key_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let hashed = match bytes.iter().position(|b| *b == b'{') {
+        Some(open) => match bytes[open + 1..].iter().position(|b| *b == b'}') {
+            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
+            _ => bytes,
+        },
+        None => bytes,
+    };
+    let mut crc: u16 = 0;
+    for &b in hashed {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
 }
 
 /// `name:value` of a `CLUSTER INFO` / `INFO` reply.
