@@ -206,6 +206,48 @@ impl Cluster {
         }
     }
 
+    /// Index (into [`nodes`](Self::nodes)) of the current master of `key`.
+    pub fn master_index_of(&self, key: &str) -> usize {
+        let port = self.owner_of(key).port();
+        self.nodes
+            .iter()
+            .position(|n| n.port() == port)
+            .expect("a node")
+    }
+
+    /// Index of a replica of the master `master` (an index into [`nodes`](Self::nodes)).
+    pub fn replica_index_of(&self, master: usize) -> usize {
+        let port = self.nodes[master].port().to_string();
+        self.nodes
+            .iter()
+            .position(|n| {
+                n.is_running() && {
+                    let info = n.cmd::<String>(&[b"INFO", b"replication"]);
+                    field(&info, "role") == Some("slave")
+                        && field(&info, "master_port") == Some(port.as_str())
+                }
+            })
+            .expect("a replica of that master")
+    }
+
+    /// Waits (bounded) until node `i` is a master that serves slots and every live node
+    /// reports `cluster_state:ok`.
+    pub fn wait_master(&self, i: usize) {
+        let start = Instant::now();
+        while start.elapsed() < FORM_WITHIN {
+            let info = self.nodes[i].cmd::<String>(&[b"INFO", b"replication"]);
+            let ok = self.nodes.iter().filter(|n| n.is_running()).all(|n| {
+                let ci = n.cmd::<String>(&[b"CLUSTER", b"INFO"]);
+                field(&ci, "cluster_state") == Some("ok")
+            });
+            if field(&info, "role") == Some("master") && ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("node {i} did not become a master of a healthy cluster within {FORM_WITHIN:?}");
+    }
+
     /// Kills node `i` (SIGKILL); the others carry on (the cluster marks it failed after its
     /// node timeout, 1 s).
     pub fn kill(&mut self, i: usize) {
