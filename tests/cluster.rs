@@ -374,3 +374,69 @@ async fn scenario_31_failover_with_replicas_is_followed_without_errors() {
         "a call took {worst:?}"
     );
 }
+
+/// Scenario 31, without replicas: a master is SIGKILLed while one instance calls 30 keys spread
+/// over the 3 masters through L2. Every call answers with its key's value under a 1 s ceiling;
+/// the dead master's keys are computed (its breaker opens: L2 is skipped for them), while the
+/// other masters' keys keep being L2 hits (their breakers stay closed). Run with
+/// `cluster-require-full-coverage no`: with Redis's default (`yes`) the cluster refuses every
+/// key (`CLUSTERDOWN`) once it has marked the master failed (after the node timeout, 1 s here),
+/// and callers are then served by computing for every key, as here for the dead master's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_31_a_dead_master_without_replicas_opens_only_its_breaker() {
+    let mut cluster = Cluster::start_with(3, 0, &["--cluster-require-full-coverage", "no"]);
+    let a = bounded(
+        "build",
+        Runtime::builder()
+            .namespace("c31n")
+            .redis_cluster(cluster.urls())
+            .l2_timeout(std::time::Duration::from_millis(100))
+            .breaker_cooldown(std::time::Duration::from_secs(5))
+            .build(),
+    )
+    .await
+    .expect("runtime");
+    for id in 0..30 {
+        assert_eq!(a.scope(shard(id)).await, format!("value-of-{id}"));
+    }
+    let m = cluster.master_index_of("c31n:shard:<0>");
+    let (dead, live): (Vec<u64>, Vec<u64>) =
+        (0..30).partition(|id| cluster.master_index_of(&format!("c31n:shard:<{id}>")) == m);
+    cluster.kill(m);
+    let start = std::time::Instant::now();
+    let (mut worst, mut live_hits, mut live_calls) = (std::time::Duration::ZERO, 0u64, 0u64);
+    while start.elapsed() < std::time::Duration::from_secs(2) {
+        for id in 0..30u64 {
+            let hits = a.stats().total.l2_hits;
+            let t = std::time::Instant::now();
+            assert_eq!(
+                bounded("a call", a.scope(shard(id))).await,
+                format!("value-of-{id}")
+            );
+            worst = worst.max(t.elapsed());
+            if live.contains(&id) {
+                live_calls += 1;
+                live_hits += a.stats().total.l2_hits - hits;
+            }
+        }
+    }
+    let s = a.stats().total;
+    println!(
+        "scenario 31 (no replicas): master with {} of 30 keys killed; over 2 s: slowest call {worst:?} (ceiling 1 s), the other masters' keys: {live_hits} L2 hits in {live_calls} calls; L2 skips {}, timeouts {}, errors {}, breaker transitions {}",
+        dead.len(),
+        s.l2_skips,
+        s.l2_timeouts,
+        s.l2_errors,
+        s.breaker_transitions
+    );
+    assert!(!dead.is_empty() && !live.is_empty());
+    assert!(
+        worst < std::time::Duration::from_secs(1),
+        "a call took {worst:?}"
+    );
+    assert!(s.l2_skips > 0, "the dead master's breaker opened");
+    assert_eq!(
+        live_hits, live_calls,
+        "the other masters' keys stayed L2 hits"
+    );
+}

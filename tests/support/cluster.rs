@@ -39,6 +39,12 @@ impl Cluster {
     /// Starts `masters` masters with `replicas` replicas each and waits until the cluster is
     /// ready, replicas attached.
     pub fn start_with_replicas(masters: usize, replicas: usize) -> Cluster {
+        Self::start_with(masters, replicas, &[])
+    }
+
+    /// [`start_with_replicas`](Self::start_with_replicas) with extra `redis-server` arguments
+    /// for every node (e.g. `--cluster-require-full-coverage no`).
+    pub fn start_with(masters: usize, replicas: usize, extra: &[&str]) -> Cluster {
         assert!(masters >= 3, "a Redis Cluster needs at least 3 masters");
         let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let mut nodes = Vec::new();
@@ -50,14 +56,16 @@ impl Cluster {
                 NEXT_CONF.fetch_add(1, Ordering::Relaxed)
             );
             confs.push(std::env::temp_dir().join(&conf));
-            nodes.push(RedisServer::start_with(&[
+            let mut args = vec![
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
                 &conf,
                 "--cluster-node-timeout",
                 "1000",
-            ]));
+            ];
+            args.extend_from_slice(extra);
+            nodes.push(RedisServer::start_with(&args));
         }
         let cluster = Cluster {
             nodes,

@@ -7,18 +7,29 @@
 //! keys as one request per key. The client's own retries are kept short (2 retries, 10–100 ms
 //! apart) and every request stays under the runtime's time box (`l2_timeout`) and circuit
 //! breaker, so a dead master costs a caller at most `l2_timeout`.
+//!
+//! **One circuit breaker per master.** A request's first key gives its slot (CRC16, as Redis
+//! computes it), the slot its master (from `CLUSTER SLOTS`, read every second and after
+//! failures), and the master its own breaker: a dead master opens only its breaker, and the
+//! keys of the other masters keep their L2.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 
 use super::{L2Error, Request};
+use crate::breaker::Breaker;
 use crate::config::{Config, LeaseRead, RedisTarget};
 use crate::error::Error;
 use crate::l2::{describe, is_auth};
+use crate::stats::SiteTable;
+
+/// How often the slot map is read again.
+const SLOT_MAP_EVERY: Duration = Duration::from_secs(1);
 
 const MIN_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(250);
@@ -33,6 +44,13 @@ pub(crate) struct Cluster {
     pipelined: AtomicBool,
     closed: AtomicBool,
     logs: crate::logs::Limiter,
+    /// `(first slot, last slot, master host:port)`, sorted; empty until first read.
+    slots: RwLock<Vec<(u16, u16, String)>>,
+    /// A breaker per master, by `host:port` ("" for a slot whose master is not known yet).
+    breakers: Mutex<HashMap<String, Arc<Breaker>>>,
+    breaker_threshold: u32,
+    breaker_cooldown: Duration,
+    stats: Arc<SiteTable>,
 }
 
 impl Cluster {
@@ -41,6 +59,7 @@ impl Cluster {
     pub(crate) async fn start(
         target: &RedisTarget,
         config: &Config,
+        stats: Arc<SiteTable>,
     ) -> Result<Arc<Cluster>, Error> {
         let seeds: Vec<redis::ConnectionInfo> = target
             .cluster
@@ -70,9 +89,17 @@ impl Cluster {
             pipelined: AtomicBool::new(config.lease_read == LeaseRead::Pipelined),
             closed: AtomicBool::new(false),
             logs: crate::logs::Limiter::default(),
+            slots: RwLock::new(Vec::new()),
+            breakers: Mutex::new(HashMap::new()),
+            breaker_threshold: config.breaker_threshold,
+            breaker_cooldown: config.breaker_cooldown,
+            stats,
         });
         match cluster.connect().await {
-            Ok(conn) => cluster.install(conn),
+            Ok(conn) => {
+                cluster.install(conn);
+                cluster.read_slot_map().await;
+            }
             Err(e) if is_auth(&e) => {
                 return Err(Error::Auth {
                     addr: cluster.addr.clone(),
@@ -107,6 +134,61 @@ impl Cluster {
         }
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(conn);
         tracing::info!(redis = %self.addr, "tiered: connected to the Redis Cluster");
+    }
+
+    /// The breaker of the master that serves `key` (see the module docs).
+    pub(crate) fn breaker_for(&self, key: Option<Vec<u8>>) -> Arc<Breaker> {
+        let master = key
+            .map(|k| key_slot(&k))
+            .and_then(|slot| {
+                let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+                slots
+                    .iter()
+                    .find(|(from, to, _)| (*from..=*to).contains(&slot))
+                    .map(|(_, _, addr)| addr.clone())
+            })
+            .unwrap_or_default();
+        let mut breakers = self.breakers.lock().unwrap_or_else(|p| p.into_inner());
+        breakers
+            .entry(master.clone())
+            .or_insert_with(|| {
+                let name = if master.is_empty() {
+                    self.addr.clone()
+                } else {
+                    format!("{} (master {master})", self.addr)
+                };
+                Arc::new(Breaker::new(
+                    self.breaker_threshold,
+                    self.breaker_cooldown,
+                    name,
+                    self.stats.clone(),
+                ))
+            })
+            .clone()
+    }
+
+    /// Reads `CLUSTER SLOTS` (time-boxed); keeps the last map when it fails.
+    async fn read_slot_map(&self) {
+        let conn = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(mut conn) = conn else { return };
+        let reply = tokio::time::timeout(
+            self.connect_timeout,
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<redis::Value>(&mut conn),
+        )
+        .await;
+        if let Ok(Ok(reply)) = reply {
+            let mut map = slot_ranges(&reply);
+            if !map.is_empty() {
+                map.sort();
+                *self.slots.write().unwrap_or_else(|p| p.into_inner()) = map;
+            }
+        }
     }
 
     pub(crate) fn is_connected(&self) -> bool {
@@ -155,18 +237,24 @@ impl Cluster {
 }
 
 /// Connects in the background while no connection was ever made (afterwards the cluster
-/// client reconnects to each node itself).
+/// client reconnects to each node itself), then reads the slot map every second.
 async fn supervise(weak: Weak<Cluster>) {
     let mut backoff = MIN_BACKOFF;
     loop {
         let Some(this) = weak.upgrade() else { return };
-        if this.closed.load(Ordering::Acquire) || this.is_connected() {
+        if this.closed.load(Ordering::Acquire) {
             return;
+        }
+        if this.is_connected() {
+            this.read_slot_map().await;
+            drop(this);
+            tokio::time::sleep(SLOT_MAP_EVERY).await;
+            continue;
         }
         match this.connect().await {
             Ok(conn) => {
                 this.install(conn);
-                return;
+                continue;
             }
             Err(e) if is_auth(&e) && this.logs.allow("credentials") => tracing::error!(
                 redis = %this.addr,
@@ -180,5 +268,82 @@ async fn supervise(weak: Weak<Cluster>) {
         drop(this);
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The cluster slot of `key`: CRC16/XMODEM of the key (or of its non-empty `{hash tag}`) mod
+/// 16384, as Redis computes it. Keys the runtime renders never hold braces (they are escaped),
+/// so it is the whole key's.
+pub(crate) fn key_slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|b| *b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|b| *b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    let mut crc: u16 = 0;
+    for &b in hashed {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// `(first slot, last slot, master host:port)` of each range of a `CLUSTER SLOTS` reply.
+fn slot_ranges(reply: &redis::Value) -> Vec<(u16, u16, String)> {
+    let redis::Value::Array(ranges) = reply else {
+        return Vec::new();
+    };
+    ranges
+        .iter()
+        .filter_map(|r| {
+            let redis::Value::Array(parts) = r else {
+                return None;
+            };
+            let [
+                redis::Value::Int(from),
+                redis::Value::Int(to),
+                redis::Value::Array(master),
+                ..,
+            ] = parts.as_slice()
+            else {
+                return None;
+            };
+            let host = match master.first()? {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                redis::Value::SimpleString(s) => s.clone(),
+                _ => return None,
+            };
+            let redis::Value::Int(port) = master.get(1)? else {
+                return None;
+            };
+            Some((
+                u16::try_from(*from).ok()?,
+                u16::try_from(*to).ok()?,
+                format!("{host}:{port}"),
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_slot;
+
+    #[test]
+    fn slots_are_computed_as_redis_does() {
+        // Values from `CLUSTER KEYSLOT` (Redis 7.0.15).
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"bar"), 5061);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
+        assert_eq!(key_slot(b"{}x"), key_slot(b"{}x"));
     }
 }

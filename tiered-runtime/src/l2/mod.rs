@@ -89,6 +89,25 @@ pub(crate) fn is_connectivity(e: &redis::RedisError) -> bool {
         || e.is_unrecoverable_error()
         || e.is_timeout()
         || (is_auth(e) && !is_noperm(e))
+        || is_cluster_unavailable(e)
+}
+
+/// A cluster that cannot serve the key's slot now: its master is unreachable (the client ran
+/// out of redirects or connections to it), down, or the cluster is failing over. Like a broken
+/// link, it opens that master's breaker.
+fn is_cluster_unavailable(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    matches!(
+        e.kind(),
+        ErrorKind::ClusterConnectionNotFound
+            | ErrorKind::Server(
+                ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+            )
+    )
 }
 
 fn is_noperm(e: &redis::RedisError) -> bool {
@@ -159,6 +178,33 @@ pub(crate) struct ReadReply {
     pub(crate) generations: Option<crate::codec::Stamp>,
 }
 
+/// The key a request is routed by on a cluster: the first key of its first command (`EVAL`'s
+/// first key; a `PUBLISH`'s channel, which is routed by its slot too).
+pub(crate) fn route_key(req: Request<'_>) -> Option<Vec<u8>> {
+    let cmd = match req {
+        Request::Cmd(c) => c,
+        Request::Pipe(p) => p.cmd_iter().next()?,
+    };
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .filter_map(|a| match a {
+            redis::Arg::Simple(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let name = args.first()?.to_ascii_uppercase();
+    let at = if name == b"EVAL" || name == b"EVALSHA" {
+        let keys: usize = std::str::from_utf8(args.get(2)?).ok()?.parse().ok()?;
+        if keys == 0 {
+            return None;
+        }
+        3
+    } else {
+        1
+    };
+    args.get(at).map(|k| k.to_vec())
+}
+
 /// A duration as Redis milliseconds (at least 1).
 /// Capped at ten years: Redis refuses expiry times that overflow its clock.
 pub(crate) fn millis(d: Duration) -> u64 {
@@ -205,7 +251,7 @@ impl L2 {
             stats.clone(),
         ));
         let backend = if target.cluster.is_some() {
-            Backend::Cluster(cluster::Cluster::start(target, config).await?)
+            Backend::Cluster(cluster::Cluster::start(target, config, stats.clone()).await?)
         } else {
             Backend::Single(Single::start(target, config, breaker.clone(), stats.clone()).await?)
         };
@@ -654,7 +700,12 @@ impl L2 {
         if !self.is_connected() {
             return Err(L2Error::Skipped("not connected"));
         }
-        let (admission, _) = self.breaker.admit();
+        // One breaker per master on a cluster: a dead master opens only its own.
+        let breaker = match &self.backend {
+            Backend::Single(_) => self.breaker.clone(),
+            Backend::Cluster(c) => c.breaker_for(route_key(req)),
+        };
+        let (admission, _) = breaker.admit();
         let permit = match admission {
             Admission::Reject => return Err(L2Error::Skipped("circuit breaker open")),
             Admission::Pass => None,
@@ -680,10 +731,10 @@ impl L2 {
                 permit.report(ok);
             }
             (None, Some(true)) => {
-                self.breaker.success();
+                breaker.success();
             }
             (None, Some(false)) => {
-                self.breaker.failure();
+                breaker.failure();
             }
             (_, None) => {}
         }
