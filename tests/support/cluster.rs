@@ -262,6 +262,23 @@ impl Cluster {
         self.nodes[i].kill();
     }
 
+    /// Starts node `i` again on its port, empty (no persistence) but with its cluster
+    /// configuration, and waits until every node reports `cluster_state:ok`.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].restart();
+        let start = Instant::now();
+        while start.elapsed() < FORM_WITHIN {
+            if self.nodes.iter().filter(|n| n.is_running()).all(|n| {
+                let ci = n.cmd::<String>(&[b"CLUSTER", b"INFO"]);
+                field(&ci, "cluster_state") == Some("ok")
+            }) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the cluster did not recover within {FORM_WITHIN:?} after node {i} restarted");
+    }
+
     /// The nodes that are masters now (`INFO replication`: `role:master`).
     pub fn masters(&self) -> Vec<&RedisServer> {
         self.nodes
