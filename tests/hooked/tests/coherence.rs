@@ -122,11 +122,21 @@ impl Fun {
     }
 }
 
+/// `url` names one server, or a cluster as `cluster:` and its seed URLs separated by commas
+/// ([`cluster_url`]), so that every helper (and the child process) serves both topologies.
 fn builder(url: &str, ns: &str) -> tiered::Builder {
-    Runtime::builder()
+    let b = Runtime::builder()
         .namespace(ns)
-        .redis_url(url)
-        .connect_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_millis(500));
+    match url.strip_prefix("cluster:") {
+        Some(seeds) => b.redis_cluster(seeds.split(',')),
+        None => b.redis_url(url),
+    }
+}
+
+/// The "URL" of a local cluster for [`builder`].
+fn cluster_url(c: &support::cluster::Cluster) -> String {
+    format!("cluster:{}", c.urls().join(","))
 }
 
 async fn with_lease_wait(url: &str, ms: u64) -> Runtime {
@@ -185,15 +195,18 @@ async fn yields(n: u64) {
 /// poisoning of the flight (by the local invalidation or by the received message).
 async fn scenario_6(remote: bool, l1_only: bool) {
     let redis = RedisServer::start();
-    let reader = runtime(&redis.url()).await;
+    scenario_6_at(&redis.url(), remote, l1_only, interleavings()).await;
+}
+
+async fn scenario_6_at(url: &str, remote: bool, l1_only: bool, n: u64) {
+    let reader = runtime(url).await;
     let writer = if remote {
-        runtime(&redis.url()).await
+        runtime(url).await
     } else {
         reader.clone()
     };
-    let fresh = runtime(&redis.url()).await;
+    let fresh = runtime(url).await;
     let db = Db::leak();
-    let n = interleavings();
     let seed = 0x9e37_79b9_7f4a_7c15 ^ u64::from(remote) ^ (u64::from(l1_only) << 1);
     let fun = if l1_only { Fun::Local } else { Fun::Item };
     let call = move |id: u64| fun.call(db, id);
@@ -278,6 +291,15 @@ async fn scenario_6_invalidation_during_compute_over_pubsub() {
     scenario_6(true, false).await;
 }
 
+/// Scenario 6 on a Redis Cluster (3 masters), invalidations from another runtime over Pub/Sub,
+/// L1 + L2: a quarter of the interleavings (each costs more round trips, and clusters form one
+/// at a time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_6_invalidation_during_compute_over_pubsub_on_a_cluster() {
+    let cluster = support::cluster::Cluster::start(3);
+    scenario_6_at(&cluster_url(&cluster), true, false, interleavings() / 4).await;
+}
+
 /// Scenario 6, the Redis half alone: the message is held back in the reader's handler (test
 /// hook), so nothing poisons the reader's flight; only the lease stops the old computation from
 /// filling Redis (the invalidation's `DEL` destroyed it) and from filling L1 (a refused fill
@@ -285,11 +307,21 @@ async fn scenario_6_invalidation_during_compute_over_pubsub() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_6_invalidation_during_compute_lease_alone_stops_the_fill() {
     let redis = RedisServer::start();
-    let reader = runtime(&redis.url()).await;
-    let writer = runtime(&redis.url()).await;
-    let fresh = runtime(&redis.url()).await;
+    scenario_6_lease_alone(&redis.url(), interleavings()).await;
+}
+
+/// The lease alone on a Redis Cluster (a quarter of the interleavings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_6_invalidation_during_compute_lease_alone_stops_the_fill_on_a_cluster() {
+    let cluster = support::cluster::Cluster::start(3);
+    scenario_6_lease_alone(&cluster_url(&cluster), interleavings() / 4).await;
+}
+
+async fn scenario_6_lease_alone(url: &str, n: u64) {
+    let reader = runtime(url).await;
+    let writer = runtime(url).await;
+    let fresh = runtime(url).await;
     let db = Db::leak();
-    let n = interleavings();
     for id in 0..n {
         db.gate.close();
         db.park_next(id);
@@ -989,9 +1021,20 @@ mod child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_25_cross_instance_invalidation_three_instances() {
     let redis = RedisServer::start();
-    let a = runtime(&redis.url()).await;
-    let b = runtime(&redis.url()).await;
-    let mut c = child::Proc::spawn(&redis.url()).await;
+    scenario_25(&redis.url()).await;
+}
+
+/// Scenario 25 on a Redis Cluster (3 masters): the same three instances, C a child process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_25_cross_instance_invalidation_three_instances_on_a_cluster() {
+    let cluster = support::cluster::Cluster::start(3);
+    scenario_25(&cluster_url(&cluster)).await;
+}
+
+async fn scenario_25(url: &str) {
+    let a = runtime(url).await;
+    let b = runtime(url).await;
+    let mut c = child::Proc::spawn(url).await;
     let db = Db::leak();
     for round in 0..10u64 {
         let id = round;
