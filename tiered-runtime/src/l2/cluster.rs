@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 
 use super::{L2Error, Request};
 use crate::breaker::Breaker;
@@ -136,10 +137,9 @@ impl Cluster {
         tracing::info!(redis = %self.addr, "tiered: connected to the Redis Cluster");
     }
 
-    /// The breaker of the master that serves `key` (see the module docs).
-    pub(crate) fn breaker_for(&self, key: Option<Vec<u8>>) -> Arc<Breaker> {
-        let master = key
-            .map(|k| key_slot(&k))
+    /// The breaker of the master that serves `slot` (see the module docs).
+    pub(crate) fn breaker_for(&self, slot: Option<u16>) -> Arc<Breaker> {
+        let master = slot
             .and_then(|slot| {
                 let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
                 slots
@@ -231,6 +231,15 @@ impl Cluster {
         let reply = match req {
             Request::Pipe(p) => p.query_async::<T>(&mut conn).await,
             Request::Cmd(c) => c.query_async::<T>(&mut conn).await,
+            Request::AtSlot(p, slot) => {
+                let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+                let count = p.cmd_iter().count();
+                match conn.route_pipeline(p.clone(), 0, count, route).await {
+                    Ok(replies) => T::from_redis_value(redis::Value::Array(replies))
+                        .map_err(redis::RedisError::from),
+                    Err(e) => Err(e),
+                }
+            }
         };
         reply.map_err(L2Error::Failed)
     }

@@ -146,6 +146,10 @@ fn is_syntax_error(e: &redis::RedisError) -> bool {
 pub(crate) enum Request<'a> {
     Pipe(&'a redis::Pipeline),
     Cmd(&'a redis::Cmd),
+    /// A pipeline sent as a whole to the master of this slot (a cluster's `DEL` of a key and
+    /// the invalidation's `PUBLISH`, which any node takes: one request, in order). On one
+    /// server, a plain pipeline.
+    AtSlot(&'a redis::Pipeline, u16),
 }
 
 /// The form of a flight's read.
@@ -184,6 +188,7 @@ pub(crate) fn route_key(req: Request<'_>) -> Option<Vec<u8>> {
     let cmd = match req {
         Request::Cmd(c) => c,
         Request::Pipe(p) => p.cmd_iter().next()?,
+        Request::AtSlot(..) => return None,
     };
     let args: Vec<&[u8]> = cmd
         .args_iter()
@@ -613,18 +618,21 @@ impl L2 {
         channel: &str,
         message: &[u8],
     ) -> Result<(), L2Error> {
-        if self.sharded() && !keys.is_empty() {
-            // One request per key's slot, and the message only after every delete was answered
-            // (requests to several nodes keep no order): no instance re-reads an old value
-            // after the message.
-            for key in keys {
+        if let (true, Some((last, others))) = (self.sharded(), keys.split_last()) {
+            // One request per key's slot, and the message only after every delete (requests to
+            // several nodes keep no order): no instance re-reads an old value after the
+            // message. The last key's `DEL` and the `PUBLISH` go together to that key's master
+            // (any node takes a classic `PUBLISH`), in order, in one request.
+            for key in others {
                 let mut p = redis::pipe();
                 p.cmd("DEL").arg(*key).ignore();
                 self.exec::<()>(&p).await?;
             }
             let mut p = redis::pipe();
+            p.cmd("DEL").arg(*last).ignore();
             p.cmd("PUBLISH").arg(channel).arg(message).ignore();
-            return self.exec::<()>(&p).await;
+            let slot = cluster::key_slot(last.as_bytes());
+            return self.exec_req::<()>(Request::AtSlot(&p, slot)).await;
         }
         let mut p = redis::pipe();
         for key in keys {
@@ -703,7 +711,10 @@ impl L2 {
         // One breaker per master on a cluster: a dead master opens only its own.
         let breaker = match &self.backend {
             Backend::Single(_) => self.breaker.clone(),
-            Backend::Cluster(c) => c.breaker_for(route_key(req)),
+            Backend::Cluster(c) => c.breaker_for(match req {
+                Request::AtSlot(_, slot) => Some(slot),
+                _ => route_key(req).map(|k| cluster::key_slot(&k)),
+            }),
         };
         let (admission, _) = breaker.admit();
         let permit = match admission {

@@ -275,7 +275,7 @@ impl Single {
             return Err(L2Error::Skipped("not connected"));
         };
         let reply = match req {
-            Request::Pipe(p) => p.query_async::<T>(&mut conn).await,
+            Request::Pipe(p) | Request::AtSlot(p, _) => p.query_async::<T>(&mut conn).await,
             Request::Cmd(c) => c.query_async::<T>(&mut conn).await,
         };
         match reply {
