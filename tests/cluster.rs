@@ -602,3 +602,72 @@ async fn propagation_on_one_server_and_on_three_masters() {
         "propagation of a key invalidation, 200 samples: one server p50 {s50:.0} µs p99 {s99:.0} µs (the invalidate call itself p50 {sc:.0} µs); 3 masters (classic PUBLISH) p50 {c50:.0} µs p99 {c99:.0} µs (call p50 {cc:.0} µs) (debug build; wait_until polls every 2 ms)"
     );
 }
+
+/// ACL users on a cluster fail closed like on one server: a user who may not use the
+/// namespace's keys, or not its invalidation channel, is `Error::Auth` from `build()` (the
+/// start-up probe runs every command on the runtime's own keys, one slot per request), and a
+/// user scoped to them works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_refusals_on_a_cluster_are_build_errors() {
+    let cluster = Cluster::start(3);
+    for node in cluster.nodes() {
+        for rule in [
+            &[
+                &b"elsewhere"[..],
+                b"on",
+                b">pw1",
+                b"~other:*",
+                b"&*",
+                b"+@all",
+            ][..],
+            &[&b"nochannel"[..], b"on", b">pw2", b"~t:*", b"+@all"][..],
+            &[
+                &b"scoped"[..],
+                b"on",
+                b">pw3",
+                b"~t:*",
+                b"&t:tiered:*",
+                b"+@all",
+            ][..],
+        ] {
+            let mut args: Vec<&[u8]> = vec![b"ACL", b"SETUSER"];
+            args.extend_from_slice(rule);
+            node.cmd::<()>(&args);
+        }
+    }
+    let urls = |user: &str, pw: &str| -> Vec<String> {
+        cluster
+            .nodes()
+            .iter()
+            .map(|n| format!("redis://{user}:{pw}@127.0.0.1:{}/", n.port()))
+            .collect()
+    };
+    for (user, pw) in [("elsewhere", "pw1"), ("nochannel", "pw2")] {
+        match bounded(
+            "build",
+            Runtime::builder()
+                .namespace("t")
+                .redis_cluster(urls(user, pw))
+                .build(),
+        )
+        .await
+        {
+            Err(tiered::Error::Auth { detail, .. }) => {
+                assert!(!detail.contains(pw), "{detail}");
+                println!("{user}: refused at build(): {detail}");
+            }
+            other => panic!("{user}: expected Error::Auth, got {other:?}"),
+        }
+    }
+    let rt = bounded(
+        "build",
+        Runtime::builder()
+            .namespace("t")
+            .redis_cluster(urls("scoped", "pw3"))
+            .build(),
+    )
+    .await
+    .expect("a scoped user works");
+    assert_eq!(rt.scope(profile("acme".to_owned(), 1)).await, "acme/1");
+    assert_eq!(rt.stats().total.l2_errors, 0);
+}

@@ -98,6 +98,14 @@ impl Cluster {
         });
         match cluster.connect().await {
             Ok(conn) => {
+                super::check_permissions(
+                    &conn,
+                    &config.namespace,
+                    cluster.pipelined(),
+                    cluster.connect_timeout,
+                    &cluster.addr,
+                )
+                .await?;
                 cluster.install(conn);
                 cluster.read_slot_map().await;
             }

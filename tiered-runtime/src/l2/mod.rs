@@ -210,6 +210,96 @@ pub(crate) fn route_key(req: Request<'_>) -> Option<Vec<u8>> {
     args.get(at).map(|k| k.to_vec())
 }
 
+/// The start-up permission probe: every command L2 uses, on the runtime's own probe keys inside
+/// the namespace, so that an ACL user that may connect but not use our keys or commands is a
+/// configuration error at `build()`, not a silent miss on every call later. Two requests (the
+/// probe key's commands, then the generations hash's), each on one key, so that on a cluster
+/// each touches one slot. Returns the probe key (for the error message) and the requests.
+fn permission_probes(namespace: &str, pipelined: bool) -> (String, [redis::Pipeline; 2]) {
+    // The runtime's own keys, where no rendered key can land.
+    let key = crate::key::internal(namespace, "probe");
+    let hash = crate::key::internal(namespace, "probe-gen");
+    let mut p = redis::pipe();
+    // The read of a flight, the fill and release scripts (GET, SET, DEL inside).
+    if pipelined {
+        p.cmd("GET").arg(&key).ignore();
+        p.cmd("SET")
+            .arg(&key)
+            .arg("1")
+            .arg("NX")
+            .arg("PX")
+            .arg(1000)
+            .ignore();
+    } else {
+        p.cmd("SET")
+            .arg(&key)
+            .arg("1")
+            .arg("NX")
+            .arg("GET")
+            .arg("PX")
+            .arg(1000)
+            .ignore();
+    }
+    p.cmd("PTTL").arg(&key).ignore();
+    p.cmd("EVAL")
+        .arg("redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], '1', 'PX', 1000) redis.call('DEL', KEYS[1]) return 0")
+        .arg(1)
+        .arg(&key)
+        .ignore();
+    p.cmd("DEL").arg(&key).ignore();
+    // Generations live in a hash.
+    let mut g = redis::pipe();
+    g.cmd("HINCRBY").arg(&hash).arg("*").arg(1).ignore();
+    g.cmd("HMGET").arg(&hash).arg("*").arg("x").ignore();
+    g.cmd("HGET").arg(&hash).arg("*").ignore();
+    g.cmd("HSETNX").arg(&hash).arg("y").arg(0).ignore();
+    g.cmd("EVAL")
+        .arg("redis.call('HGET', KEYS[1], 'x') redis.call('HSET', KEYS[1], 'x', '1') return 0")
+        .arg(1)
+        .arg(&hash)
+        .ignore();
+    g.cmd("DEL").arg(&hash).ignore();
+    (key, [p, g])
+}
+
+/// Runs the [`permission_probes`] on `conn` (each bounded by `timeout`).
+pub(crate) async fn check_permissions<C: redis::aio::ConnectionLike + Clone>(
+    conn: &C,
+    namespace: &str,
+    pipelined: bool,
+    timeout: Duration,
+    addr: &str,
+) -> Result<(), Error> {
+    let (key, probes) = permission_probes(namespace, pipelined);
+    for p in &probes {
+        let mut conn = conn.clone();
+        let reply = tokio::time::timeout(timeout, p.query_async::<()>(&mut conn));
+        judge_probe(reply.await, addr, &key)?;
+    }
+    Ok(())
+}
+
+/// The verdict on one permission probe's reply: a refused credential or permission is
+/// [`Error::Auth`]; other refusals (e.g. `OOM`) are left to run time (logged); a timeout is
+/// not a verdict.
+fn judge_probe(
+    reply: Result<redis::RedisResult<()>, tokio::time::error::Elapsed>,
+    addr: &str,
+    key: &str,
+) -> Result<(), Error> {
+    match reply {
+        Ok(Err(e)) if is_auth(&e) => Err(Error::Auth {
+            addr: addr.to_owned(),
+            detail: format!("permission check on `{key}` failed: {}", describe(&e)),
+        }),
+        Ok(Err(e)) => {
+            tracing::warn!(redis = %addr, error = %describe(&e), "tiered: Redis refused the start-up probe write; continuing");
+            Ok(())
+        }
+        Ok(Ok(())) | Err(_) => Ok(()),
+    }
+}
+
 /// A duration as Redis milliseconds (at least 1).
 /// Capped at ten years: Redis refuses expiry times that overflow its clock.
 pub(crate) fn millis(d: Duration) -> u64 {

@@ -90,7 +90,14 @@ impl Single {
         match single.connect().await {
             Ok(conn) => {
                 single.choose_lease_read(&conn).await;
-                single.check_permissions(&conn, &config.namespace).await?;
+                super::check_permissions(
+                    &conn,
+                    &config.namespace,
+                    single.pipelined(),
+                    single.connect_timeout,
+                    &single.addr,
+                )
+                .await?;
                 single.install(conn)
             }
             Err(e) if is_auth(&e) => {
@@ -107,70 +114,6 @@ impl Single {
         }
         tokio::spawn(supervise(Arc::downgrade(&single)));
         Ok(single)
-    }
-
-    /// One round trip with every command L2 uses, on a probe key inside the namespace: an ACL
-    /// user that may connect but not use our keys or commands is a configuration error now,
-    /// not a silent miss on every call later. Other refusals (e.g. `OOM`) are left to runtime.
-    async fn check_permissions(
-        &self,
-        conn: &MultiplexedConnection,
-        namespace: &str,
-    ) -> Result<(), Error> {
-        // The runtime's own keys, where no rendered key can land.
-        let key = crate::key::internal(namespace, "probe");
-        let hash = crate::key::internal(namespace, "probe-gen");
-        let mut p = redis::pipe();
-        // The read of a flight, the fill and release scripts (GET, SET, DEL inside).
-        if self.pipelined() {
-            p.cmd("GET").arg(&key).ignore();
-            p.cmd("SET")
-                .arg(&key)
-                .arg("1")
-                .arg("NX")
-                .arg("PX")
-                .arg(1000)
-                .ignore();
-        } else {
-            p.cmd("SET")
-                .arg(&key)
-                .arg("1")
-                .arg("NX")
-                .arg("GET")
-                .arg("PX")
-                .arg(1000)
-                .ignore();
-        }
-        p.cmd("PTTL").arg(&key).ignore();
-        p.cmd("EVAL")
-            .arg("redis.call('GET', KEYS[1]) redis.call('SET', KEYS[1], '1', 'PX', 1000) redis.call('DEL', KEYS[1]) return 0")
-            .arg(1)
-            .arg(&key)
-            .ignore();
-        p.cmd("DEL").arg(&key).ignore();
-        // Generations live in a hash.
-        p.cmd("HINCRBY").arg(&hash).arg("*").arg(1).ignore();
-        p.cmd("HMGET").arg(&hash).arg("*").arg("x").ignore();
-        p.cmd("HGET").arg(&hash).arg("*").ignore();
-        p.cmd("HSETNX").arg(&hash).arg("y").arg(0).ignore();
-        p.cmd("EVAL")
-            .arg("redis.call('HGET', KEYS[1], 'x') redis.call('HSET', KEYS[1], 'x', '1') return 0")
-            .arg(1)
-            .arg(&hash)
-            .ignore();
-        p.cmd("DEL").arg(&hash).ignore();
-        let mut conn = conn.clone();
-        match tokio::time::timeout(self.connect_timeout, p.query_async::<()>(&mut conn)).await {
-            Ok(Err(e)) if is_auth(&e) => Err(Error::Auth {
-                addr: self.addr.clone(),
-                detail: format!("permission check on `{key}` failed: {}", describe(&e)),
-            }),
-            Ok(Err(e)) => {
-                tracing::warn!(redis = %self.addr, error = %describe(&e), "tiered: Redis refused the start-up probe write; continuing");
-                Ok(())
-            }
-            Ok(Ok(())) | Err(_) => Ok(()),
-        }
     }
 
     /// Whether flights read with the pipelined form (see [`LeaseRead`]).
