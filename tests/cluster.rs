@@ -668,6 +668,6 @@ async fn acl_refusals_on_a_cluster_are_build_errors() {
     )
     .await
     .expect("a scoped user works");
-    assert_eq!(rt.scope(profile("acme".to_owned(), 1)).await, "acme/1");
+    assert_eq!(rt.scope(prop(1)).await, 1);
     assert_eq!(rt.stats().total.l2_errors, 0);
 }
