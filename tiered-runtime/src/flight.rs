@@ -67,6 +67,16 @@ pub(crate) enum Write {
     Refresh { tag: Vec<u8>, stamp: Stamp },
 }
 
+impl Write {
+    /// Over the write whose envelope is `bytes` (its [`version_tag`](codec::version_tag)).
+    fn refresh(bytes: &[u8], stamp: Stamp) -> Write {
+        Write::Refresh {
+            tag: codec::version_tag(bytes).to_vec(),
+            stamp,
+        }
+    }
+}
+
 /// A stale value fail-safe may serve.
 pub(crate) struct StaleValue<V> {
     value: V,
@@ -271,10 +281,7 @@ impl Runtime {
                     let lock_key = refresh_lock_key(key.as_str());
                     match l2.try_lock(&lock_key, &token, inner.config.lease_ttl).await {
                         Ok(true) => {
-                            write = Write::Refresh {
-                                tag: codec::version_tag(&bytes).to_vec(),
-                                stamp,
-                            };
+                            write = Write::refresh(&bytes, stamp);
                             lock = Some((lock_key, token));
                         }
                         // Another instance is recomputing it: its stale value meanwhile.
@@ -415,16 +422,10 @@ impl Runtime {
                         );
                         return None;
                     }
-                    write = Write::Refresh {
-                        tag: codec::version_tag(&bytes).to_vec(),
-                        stamp,
-                    };
+                    write = Write::refresh(&bytes, stamp);
                 }
                 L2Read::Stale { bytes, stamp, .. } => {
-                    write = Write::Refresh {
-                        tag: codec::version_tag(&bytes).to_vec(),
-                        stamp,
-                    };
+                    write = Write::refresh(&bytes, stamp);
                 }
                 L2Read::Leased(lease, stamp) => write = Write::Lease(lease, stamp),
                 L2Read::Compute => {}
@@ -674,13 +675,13 @@ impl Runtime {
                 kept_until: now.saturating_add(millis(keep)),
                 nonce: next_random(),
             };
-            let encoded = codec::encode_entry(site.fingerprint(), stamp_of(&write), times, v);
             if guard.poisoned() {
                 Counters::bump(&c.fills_refused);
                 keep_l1 = false;
                 release(Some(l2), write, lock.as_ref(), c).await;
             } else {
-                match encoded {
+                // Encoded only when it will be written.
+                match codec::encode_entry(site.fingerprint(), stamp_of(&write), times, v) {
                     Ok(bytes) if bytes.len() <= cfg.max_value_bytes => {
                         size = bytes.len();
                         let written = match write {

@@ -671,33 +671,36 @@ impl L2 {
     }
 
     /// Deletes each key only while it still holds exactly the given bytes (a lease of ours,
-    /// or bytes judged foreign), in one round trip.
+    /// or bytes judged foreign), in one round trip on one server.
     pub(crate) async fn release_many(&self, items: &[(&str, &[u8])]) -> Result<(), L2Error> {
         if items.is_empty() {
             return Ok(());
         }
-        if self.sharded() && items.len() > 1 {
-            // One slot per request.
-            let mut first_error = Ok(());
-            for item in items {
-                if let Err(e) = Box::pin(self.release_many(std::slice::from_ref(item))).await
-                    && first_error.is_ok()
-                {
-                    first_error = Err(e);
-                }
+        let release = |items: &[(&str, &[u8])]| {
+            let mut p = redis::pipe();
+            for (key, bytes) in items {
+                p.cmd("EVAL")
+                    .arg(DEL_IF_EQUAL)
+                    .arg(1)
+                    .arg(*key)
+                    .arg(*bytes)
+                    .ignore();
             }
-            return first_error;
+            p
+        };
+        if !self.sharded() {
+            return self.exec::<()>(&release(items)).await;
         }
-        let mut p = redis::pipe();
-        for (key, bytes) in items {
-            p.cmd("EVAL")
-                .arg(DEL_IF_EQUAL)
-                .arg(1)
-                .arg(*key)
-                .arg(*bytes)
-                .ignore();
+        // On a cluster, one request per key (one slot each); the first error is reported.
+        let mut first_error = Ok(());
+        for item in items {
+            if let Err(e) = self.exec::<()>(&release(std::slice::from_ref(item))).await
+                && first_error.is_ok()
+            {
+                first_error = Err(e);
+            }
         }
-        self.exec::<()>(&p).await
+        first_error
     }
 
     /// `DEL` of `keys` then `PUBLISH channel message`, pipelined: one round trip, and the
