@@ -60,6 +60,21 @@ pub enum LeaseRead {
     Pipelined,
 }
 
+/// How invalidations travel on a Redis Cluster (see [`Builder::cluster_bus`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClusterBus {
+    /// Classic Pub/Sub: `PUBLISH` to any node, which the cluster forwards to every node;
+    /// instances `SUBSCRIBE` on any node. The invalidating call's `DEL` and `PUBLISH` go to the
+    /// key's master together, in one round trip.
+    #[default]
+    Classic,
+    /// Sharded Pub/Sub (Redis ≥ 7.0): `SPUBLISH` to the master of the channel's slot, which
+    /// forwards only to its own replicas; instances `SSUBSCRIBE` there and subscribe again
+    /// when the server drops the subscription (the channel's slot moved) or the link is lost.
+    /// The `SPUBLISH` is sent after the `DEL`'s reply: two round trips for the invalidating call.
+    Sharded,
+}
+
 /// Configures and builds a [`Runtime`].
 ///
 /// ```
@@ -80,6 +95,8 @@ pub struct Builder {
     namespace: String,
     redis_url: Option<String>,
     redis_cluster: Option<Vec<String>>,
+    cluster_bus: Option<ClusterBus>,
+    replica_reads: bool,
     l1_max_entries: u64,
     l1_max_ttl: Option<Duration>,
     l2_timeout: Duration,
@@ -126,6 +143,8 @@ impl Default for Builder {
             namespace: DEFAULT_NAMESPACE.to_owned(),
             redis_url: None,
             redis_cluster: None,
+            cluster_bus: None,
+            replica_reads: false,
             l1_max_entries: DEFAULT_L1_MAX_ENTRIES,
             l1_max_ttl: None,
             l2_timeout: DEFAULT_L2_TIMEOUT,
@@ -160,7 +179,8 @@ impl Builder {
     }
 
     /// A builder that reads `TIERED_REDIS_URL`, `TIERED_REDIS_CLUSTER` (seed node URLs separated
-    /// by commas) and `TIERED_NAMESPACE` from the environment.
+    /// by commas), `TIERED_CLUSTER_BUS` (`classic` or `sharded`) and `TIERED_NAMESPACE` from the
+    /// environment.
     ///
     /// Unset or empty variables leave the default; a variable that is not valid UTF-8 makes
     /// [`build`](Self::build) fail with an error naming the field. Options set afterwards on the
@@ -170,10 +190,21 @@ impl Builder {
         for (var, field) in [
             ("TIERED_REDIS_URL", "redis_url"),
             ("TIERED_REDIS_CLUSTER", "redis_cluster"),
+            ("TIERED_CLUSTER_BUS", "cluster_bus"),
             ("TIERED_NAMESPACE", "namespace"),
         ] {
             match std::env::var(var) {
                 Ok(v) if v.is_empty() => {}
+                Ok(v) if field == "cluster_bus" => match v.trim().to_ascii_lowercase().as_str() {
+                    "classic" => b.cluster_bus = Some(ClusterBus::Classic),
+                    "sharded" => b.cluster_bus = Some(ClusterBus::Sharded),
+                    _ => {
+                        b.deferred = Some((
+                            field,
+                            format!("{var} must be `classic` or `sharded`, not `{v}`"),
+                        ));
+                    }
+                },
                 Ok(v) if field == "redis_url" => b.redis_url = Some(v),
                 Ok(v) if field == "redis_cluster" => {
                     b.redis_cluster = Some(
@@ -217,6 +248,26 @@ impl Builder {
         S: Into<String>,
     {
         self.redis_cluster = Some(seeds.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// How invalidations travel on a Redis Cluster: [`ClusterBus::Classic`] (`PUBLISH`, the
+    /// default) or [`ClusterBus::Sharded`] (`SPUBLISH`/`SSUBSCRIBE`). Only with
+    /// [`redis_cluster`](Self::redis_cluster) (a single server always uses classic Pub/Sub);
+    /// the README's Cluster section gives the measurements behind the default.
+    pub fn cluster_bus(mut self, mode: ClusterBus) -> Self {
+        self.cluster_bus = Some(mode);
+        self
+    }
+
+    /// Reads L2 values from the cluster's replicas first (default off). A value found on a
+    /// replica is returned to the caller but never kept in L1 and never takes a fill lease: a
+    /// lagging replica can still return a value after its `DEL`, so such a value is served for
+    /// this call only, and each call reads again. A miss (or an error) on the replica falls back
+    /// to the master's read, which takes the lease as usual. Only with
+    /// [`redis_cluster`](Self::redis_cluster).
+    pub fn replica_reads(mut self, on: bool) -> Self {
+        self.replica_reads = on;
         self
     }
 
@@ -400,6 +451,19 @@ impl Builder {
                 ));
             }
         };
+        let cluster = redis.as_ref().is_some_and(|r| r.cluster.is_some());
+        if self.cluster_bus.is_some() && !cluster {
+            return Err(Error::config(
+                "cluster_bus",
+                "applies to a Redis Cluster (redis_cluster) only",
+            ));
+        }
+        if self.replica_reads && !cluster {
+            return Err(Error::config(
+                "replica_reads",
+                "applies to a Redis Cluster (redis_cluster) only",
+            ));
+        }
         positive(self.l1_max_entries, "l1_max_entries")?;
         if let Some(ttl) = self.l1_max_ttl {
             duration(ttl, "l1_max_ttl")?;
@@ -456,6 +520,8 @@ impl Builder {
         Config {
             namespace: self.namespace,
             redis,
+            cluster_bus: self.cluster_bus.unwrap_or_default(),
+            replica_reads: self.replica_reads,
             l1_max_entries: self.l1_max_entries,
             l1_max_ttl: self.l1_max_ttl,
             l2_timeout: self.l2_timeout,
@@ -509,6 +575,8 @@ impl Builder {
 pub struct Config {
     pub(crate) namespace: String,
     pub(crate) redis: Option<RedisTarget>,
+    pub(crate) cluster_bus: ClusterBus,
+    pub(crate) replica_reads: bool,
     pub(crate) l1_max_entries: u64,
     pub(crate) l1_max_ttl: Option<Duration>,
     pub(crate) l2_timeout: Duration,
@@ -555,6 +623,14 @@ impl Config {
     /// `host:port` of the configured Redis, `None` in embedded mode.
     pub fn redis_addr(&self) -> Option<&str> {
         self.redis.as_ref().map(|r| r.addr.as_str())
+    }
+    /// How invalidations travel on a Redis Cluster.
+    pub fn cluster_bus(&self) -> ClusterBus {
+        self.cluster_bus
+    }
+    /// Whether L2 reads try the cluster's replicas first.
+    pub fn replica_reads(&self) -> bool {
+        self.replica_reads
     }
     /// Bound on L1 entries.
     pub fn l1_max_entries(&self) -> u64 {
