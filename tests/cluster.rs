@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use support::cluster::Cluster;
 use support::{bounded, wait_until};
-use tiered::{Runtime, tiered_cache};
+use tiered::{ClusterBus, Runtime, tiered_cache};
 
 static RUNS: AtomicU64 = AtomicU64::new(0);
 
@@ -18,15 +18,25 @@ async fn profile(tenant: String, id: u64) -> String {
 }
 
 async fn runtime(cluster: &Cluster, ns: &str) -> Runtime {
+    runtime_with(cluster, ns, ClusterBus::Classic).await
+}
+
+async fn runtime_with(cluster: &Cluster, ns: &str, bus: ClusterBus) -> Runtime {
     bounded(
         "build",
         Runtime::builder()
             .namespace(ns)
             .redis_cluster(cluster.urls())
+            .cluster_bus(bus)
             .build(),
     )
     .await
     .expect("runtime on the cluster")
+}
+
+/// The invalidation channel of namespace `ns` (its slot decides where the sharded bus lives).
+fn channel(ns: &str) -> String {
+    format!("{ns}:tiered:invalidate:db0:v2")
 }
 
 /// Scenario 29 (part): keys of many tenants, some with `{` and `}` in their input (never hash
@@ -110,6 +120,60 @@ async fn scenario_29_tenants_spread_over_every_master_and_invalidations_reach_ev
         "every tenant's key recomputed"
     );
     assert_eq!(a.stats().total.l2_errors, 0);
+
+    // The same invalidations with the sharded bus (`SPUBLISH`/`SSUBSCRIBE` at the master of the
+    // channel's slot), on the same cluster, in another namespace.
+    let (c, d) = (
+        runtime_with(&cluster, "c29s", ClusterBus::Sharded).await,
+        runtime_with(&cluster, "c29s", ClusterBus::Sharded).await,
+    );
+    assert!(c.stats().subscribed && d.stats().subscribed);
+    for t in tenants {
+        assert_eq!(c.scope(profile(t.to_owned(), 0)).await, format!("{t}/0"));
+        assert_eq!(d.scope(profile(t.to_owned(), 0)).await, format!("{t}/0"));
+    }
+    let runs = RUNS.load(Ordering::SeqCst);
+    let received = d.stats().total.invalidations_received;
+    c.scope(invalidate_profile("a{b}c".to_owned(), 0))
+        .await
+        .expect("invalidate");
+    wait_until("D to hear it", || {
+        d.stats().total.invalidations_received > received
+    })
+    .await;
+    assert_eq!(d.scope(profile("a{b}c".to_owned(), 0)).await, "a{b}c/0");
+    assert_eq!(RUNS.load(Ordering::SeqCst), runs + 1, "D recomputed it");
+    c.scope(invalidate_all_profile())
+        .await
+        .expect("invalidate_all_profile");
+    wait_until("D to hear it", || {
+        d.stats().total.invalidations_received > received + 1
+    })
+    .await;
+    for t in tenants {
+        assert_eq!(d.scope(profile(t.to_owned(), 0)).await, format!("{t}/0"));
+    }
+    assert_eq!(
+        RUNS.load(Ordering::SeqCst),
+        runs + 7,
+        "every tenant's key recomputed"
+    );
+    let (sc, sd) = (c.stats().total, d.stats().total);
+    assert_eq!((sc.l2_errors, sd.l2_errors), (0, 0));
+    let shard_published: i64 = cluster
+        .masters()
+        .iter()
+        .map(|m| {
+            let info: String = m.cmd(&[b"CLUSTER", b"INFO"]);
+            info.lines()
+                .find_map(|l| l.strip_prefix("cluster_stats_messages_publishshard_sent:"))
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    println!(
+        "scenario 29 (sharded bus): invalidations reached D; shard messages sent over the cluster bus {shard_published} (no replicas: 0 expected)"
+    );
 }
 
 /// The node that holds the invalidation subscription dies: the subscriber notices, flushes L1
@@ -251,6 +315,136 @@ async fn scenario_30_a_slot_moves_under_traffic_without_errors_or_stale_reads() 
         cluster.owner_of("c30:hot:<7>").port(),
         cluster.nodes()[target].port()
     );
+}
+
+/// Scenario 30 with the sharded bus: the slot of the invalidation channel moves to another
+/// master while two instances call a key through L2 and A keeps invalidating a key B holds in
+/// L1. The server ends the sharded subscriptions at the old master (`sunsubscribe`); both
+/// instances flush L1 and subscribe again at the new master by themselves. Every call answers
+/// (0 caller errors); after each invalidation from A has returned, B reads the new version
+/// once it heard the message or resubscribed (0 stale reads); the subscriptions end up at the
+/// new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_30_the_channel_slot_moves_and_the_sharded_subscription_follows() {
+    use support::cluster::key_slot;
+    let cluster = Cluster::start(3);
+    let (a, b) = (
+        runtime_with(&cluster, "c30s", ClusterBus::Sharded).await,
+        runtime_with(&cluster, "c30s", ClusterBus::Sharded).await,
+    );
+    let chan = channel("c30s");
+    let slot = key_slot(&chan);
+    let owner = cluster.owner_of(&chan).port();
+    let target = cluster
+        .nodes()
+        .iter()
+        .position(|n| n.port() != owner)
+        .expect("another master");
+    let subscribers = |port: u16| -> i64 {
+        let n = cluster
+            .nodes()
+            .iter()
+            .find(|n| n.port() == port)
+            .expect("node");
+        let reply: Vec<redis::Value> = n.cmd(&[b"PUBSUB", b"SHARDNUMSUB", chan.as_bytes()]);
+        match reply.get(1) {
+            Some(redis::Value::Int(k)) => *k,
+            _ => -1,
+        }
+    };
+    assert_eq!(
+        subscribers(owner),
+        2,
+        "both subscribed at the channel's master"
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic: Vec<_> = [a.clone(), b.clone()]
+        .into_iter()
+        .map(|rt| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut calls = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let v = bounded("hot call", rt.scope(hot(8))).await;
+                    assert!(v.starts_with("8@v"), "another key's value: {v}");
+                    calls += 1;
+                    tokio::task::yield_now().await;
+                }
+                calls
+            })
+        })
+        .collect();
+    let (mut stale, mut resubscribed_rounds) = (0, 0);
+    for round in 0..6 {
+        if round == 3 {
+            let t = std::time::Instant::now();
+            cluster.move_slot(slot, target);
+            println!(
+                "scenario 30 (sharded): channel slot {slot} moved in {:?}",
+                t.elapsed()
+            );
+        }
+        assert_eq!(
+            b.scope(warm(100)).await,
+            format!("100@v{}", VERSION.load(Ordering::SeqCst))
+        );
+        let (received, subscribes) = {
+            let s = b.stats().total;
+            (s.invalidations_received, s.bus_subscribes)
+        };
+        let new = VERSION.fetch_add(1, Ordering::SeqCst) + 1;
+        bounded("the invalidation", async {
+            // Retried while the slot moves (an invalidation reports what it could not do).
+            while a.scope(invalidate_warm(100)).await.is_err() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        wait_until("B to hear it or to subscribe again", || {
+            let s = b.stats();
+            s.total.invalidations_received > received
+                || (s.subscribed && s.total.bus_subscribes > subscribes)
+        })
+        .await;
+        if b.stats().total.invalidations_received == received {
+            resubscribed_rounds += 1;
+        }
+        if b.scope(warm(100)).await != format!("100@v{new}") {
+            stale += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut calls = 0;
+    for t in traffic {
+        calls += bounded("traffic", t).await.expect("no panic");
+    }
+    wait_until("both subscribed again", || {
+        a.stats().subscribed && b.stats().subscribed
+    })
+    .await;
+    let (sa, sb) = (a.stats().total, b.stats().total);
+    let new_owner = cluster.nodes()[target].port();
+    println!(
+        "scenario 30 (sharded): {calls} calls across the move; stale reads {stale}; rounds where B resubscribed before hearing the message {resubscribed_rounds}; subscriptions A {} B {}; subscribers at the new master {}, at the old {}; L2 errors A {} B {}",
+        sa.bus_subscribes,
+        sb.bus_subscribes,
+        subscribers(new_owner),
+        subscribers(owner),
+        sa.l2_errors,
+        sb.l2_errors
+    );
+    assert_eq!(stale, 0);
+    assert_eq!(cluster.owner_of(&chan).port(), new_owner);
+    assert!(
+        sb.bus_subscribes >= 2 && sa.bus_subscribes >= 2,
+        "both subscribed again after the move"
+    );
+    assert_eq!(
+        subscribers(new_owner),
+        2,
+        "both now subscribed at the new master"
+    );
+    assert_eq!(subscribers(owner), 0);
 }
 
 static SHARD_RUNS: AtomicU64 = AtomicU64::new(0);

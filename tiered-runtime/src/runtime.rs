@@ -154,30 +154,25 @@ impl Runtime {
             "redis_url"
         };
         let nodes = match &target.cluster {
-            Some(seeds) => seeds.clone(),
-            None => vec![target.client.clone()],
-        };
-        let bus_clients = nodes
-            .iter()
-            .map(bus::resp3)
-            .collect::<redis::RedisResult<Vec<_>>>()
-            .map_err(|e| {
-                Error::config(
-                    field,
-                    format!(
-                        "cannot use it for the invalidation subscription ({:?})",
-                        e.kind()
-                    ),
+            Some(seeds) if config.cluster_bus == crate::config::ClusterBus::Sharded => {
+                bus::Nodes::Sharded(
+                    seeds
+                        .iter()
+                        .map(|c| c.get_connection_info().clone())
+                        .collect(),
                 )
-            })?;
-        let Some(bus_client) = bus_clients.first().cloned() else {
-            return Err(Error::config(field, "needs at least one node"));
+            }
+            Some(seeds) => bus::Nodes::Classic(resp3_clients(seeds, field)?),
+            None => {
+                bus::Nodes::Classic(resp3_clients(std::slice::from_ref(&target.client), field)?)
+            }
         };
         // The subscription is confirmed before `build()` returns, so no invalidation sent
         // after that is missed. Unreachable Redis: degraded start, the task subscribes later.
         let initial = if l2.is_connected() {
             match bus::subscribe(
-                &bus_client,
+                &nodes,
+                0,
                 &channel,
                 config.connect_timeout,
                 config.bus_queue,
@@ -189,7 +184,11 @@ impl Runtime {
                 Err(e) if crate::l2::is_auth(&e) => {
                     return Err(Error::Auth {
                         addr: target.addr.clone(),
-                        detail: format!("SUBSCRIBE {channel} refused: {}", crate::l2::describe(&e)),
+                        detail: format!(
+                            "{} {channel} refused: {}",
+                            nodes.command(),
+                            crate::l2::describe(&e)
+                        ),
                     });
                 }
                 Err(e) => {
@@ -221,7 +220,7 @@ impl Runtime {
             local: Arc::downgrade(&local),
             bus: Arc::downgrade(&bus),
             l2: Arc::downgrade(&l2),
-            clients: bus_clients,
+            nodes,
             connect_timeout: config.connect_timeout,
             ping_timeout: config.l2_timeout.max(Duration::from_millis(250)),
         };
@@ -619,4 +618,22 @@ pub(crate) async fn install(builder: Builder) -> Result<Runtime> {
 /// A snapshot of the current runtime's counters (see [`Runtime::current`]).
 pub fn stats() -> Stats {
     with_current(Runtime::stats)
+}
+
+/// RESP3 clients of `nodes`, for a classic subscription; an unusable one is an error naming
+/// `field`.
+fn resp3_clients(nodes: &[redis::Client], field: &'static str) -> Result<Vec<redis::Client>> {
+    nodes
+        .iter()
+        .map(bus::resp3)
+        .collect::<redis::RedisResult<Vec<_>>>()
+        .map_err(|e| {
+            Error::config(
+                field,
+                format!(
+                    "cannot use it for the invalidation subscription ({:?})",
+                    e.kind()
+                ),
+            )
+        })
 }

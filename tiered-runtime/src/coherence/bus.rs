@@ -22,6 +22,9 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{PushInfo, PushKind};
 use tokio::sync::mpsc;
 
@@ -191,8 +194,41 @@ impl AsyncPushSender for PushQueue {
 
 /// A confirmed subscription: its connection and its bounded push queue.
 pub(crate) struct Subscription {
-    conn: MultiplexedConnection,
+    conn: Conn,
     pushes: mpsc::Receiver<PushInfo>,
+}
+
+/// The connection a subscription lives on.
+#[derive(Clone)]
+enum Conn {
+    /// `SUBSCRIBE` on one node.
+    Node(MultiplexedConnection),
+    /// `SSUBSCRIBE` through a cluster client of its own, which sent it to the master of the
+    /// channel's slot (the `u16`), where the heartbeat goes too.
+    Sharded(ClusterConnection, u16),
+}
+
+/// Where the subscription is made.
+#[derive(Clone)]
+pub(crate) enum Nodes {
+    /// Classic Pub/Sub: RESP3 clients of the nodes the subscription may use (one for a single
+    /// server; the seed nodes of a cluster, where a `PUBLISH` reaches every node: after a
+    /// failed attempt the next one is tried).
+    Classic(Vec<redis::Client>),
+    /// Sharded Pub/Sub on a cluster: each subscription builds a cluster client from these seed
+    /// nodes (a fresh topology), which sends the `SSUBSCRIBE` to the master of the channel's
+    /// slot.
+    Sharded(Vec<redis::ConnectionInfo>),
+}
+
+impl Nodes {
+    /// The command that subscribes, for messages.
+    pub(crate) fn command(&self) -> &'static str {
+        match self {
+            Nodes::Classic(_) => "SUBSCRIBE",
+            Nodes::Sharded(_) => "SSUBSCRIBE",
+        }
+    }
 }
 
 /// A RESP3 client for `client`'s server (pushes on a multiplexed connection need RESP3).
@@ -205,25 +241,52 @@ pub(crate) fn resp3(client: &redis::Client) -> redis::RedisResult<redis::Client>
     redis::Client::open(info.set_redis_settings(settings))
 }
 
-/// Connects and subscribes, bounded by `timeout`. Returns once Redis has confirmed.
+/// Connects and subscribes (on node number `attempt`, modulo their number, for classic
+/// Pub/Sub), bounded by `timeout`. Returns once Redis has confirmed.
 pub(crate) async fn subscribe(
-    client: &redis::Client,
+    nodes: &Nodes,
+    attempt: usize,
     channel: &str,
     timeout: Duration,
     capacity: usize,
     table: Arc<SiteTable>,
 ) -> Result<Subscription, redis::RedisError> {
     let (tx, pushes) = mpsc::channel(capacity);
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout))
-        .set_push_sender(PushQueue { tx, table });
+    let queue = PushQueue { tx, table };
     let attempt = async {
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        conn.subscribe(channel).await?;
-        Ok(conn)
+        match nodes {
+            Nodes::Classic(clients) => {
+                let Some(client) = clients.get(attempt % clients.len().max(1)) else {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "no node to subscribe on",
+                    )));
+                };
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(timeout))
+                    .set_response_timeout(Some(timeout))
+                    .set_push_sender(queue);
+                let mut conn = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                conn.subscribe(channel).await?;
+                Ok(Conn::Node(conn))
+            }
+            Nodes::Sharded(seeds) => {
+                let client = ClusterClientBuilder::new(seeds.clone())
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(queue)
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .retries(2)
+                    .min_retry_wait(10)
+                    .max_retry_wait(100)
+                    .build()?;
+                let mut conn = client.get_async_connection().await?;
+                conn.ssubscribe(channel).await?;
+                Ok(Conn::Sharded(conn, crate::l2::key_slot(channel.as_bytes())))
+            }
+        }
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(Ok(conn)) => Ok(Subscription { conn, pushes }),
@@ -241,11 +304,8 @@ pub(crate) struct Ctx {
     pub(crate) local: Weak<Local>,
     pub(crate) bus: Weak<Bus>,
     pub(crate) l2: Weak<L2>,
-    /// A RESP3 client for the subscription.
-    /// RESP3 clients of the nodes the subscription may use (one for a single server; the seed
-    /// nodes of a cluster, where a classic `PUBLISH` reaches every node: after a failed
-    /// attempt the next one is tried).
-    pub(crate) clients: Vec<redis::Client>,
+    /// Where the subscription is made.
+    pub(crate) nodes: Nodes,
     pub(crate) connect_timeout: Duration,
     pub(crate) ping_timeout: Duration,
 }
@@ -377,10 +437,16 @@ async fn subscriber(ctx: Ctx, mut initial: Option<Subscription>, tx: mpsc::Sende
                 let capacity = bus.queue_capacity;
                 let table = local.table.clone();
                 drop((local, bus));
-                let Some(client) = ctx.clients.get(node % ctx.clients.len().max(1)) else {
-                    return;
-                };
-                match subscribe(client, &channel, ctx.connect_timeout, capacity, table).await {
+                match subscribe(
+                    &ctx.nodes,
+                    node,
+                    &channel,
+                    ctx.connect_timeout,
+                    capacity,
+                    table,
+                )
+                .await
+                {
                     Ok(sub) => {
                         let Some((local, bus)) = ctx.upgrade() else {
                             return;
@@ -439,14 +505,25 @@ enum PingResult {
     Missed,
 }
 
-fn ping(mut conn: MultiplexedConnection, timeout: Duration) -> Ping {
+fn ping(conn: Conn, timeout: Duration) -> Ping {
     Box::pin(async move {
-        match tokio::time::timeout(
-            timeout,
-            redis::cmd("PING").query_async::<redis::Value>(&mut conn),
-        )
-        .await
-        {
+        let reply = async {
+            match conn {
+                Conn::Node(mut conn) => {
+                    redis::cmd("PING")
+                        .query_async::<redis::Value>(&mut conn)
+                        .await
+                }
+                // To the node that holds the subscription: the master of the channel's slot.
+                Conn::Sharded(mut conn, slot) => {
+                    let to =
+                        SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+                    conn.route_command(redis::cmd("PING"), RoutingInfo::SingleNode(to))
+                        .await
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, reply).await {
             Ok(Ok(_)) => PingResult::Ok,
             Ok(Err(e))
                 if e.is_connection_dropped() || e.is_unrecoverable_error() || e.is_io_error() =>
@@ -484,12 +561,18 @@ async fn read(ctx: &Ctx, sub: Subscription, tx: &mpsc::Sender<Action>) -> Option
                 #[cfg(feature = "test-hooks")]
                 local.hooks.reader.pass().await;
                 match push.kind {
-                    PushKind::Message => {
+                    PushKind::Message | PushKind::SMessage => {
                         if let Some(redis::Value::BulkString(payload)) = push.data.get(1) {
                             receive(&local, &bus, payload, &mut origins, tx);
                         }
                     }
                     PushKind::Disconnection => return Some("the subscriber connection closed"),
+                    // Unsolicited: the server dropped the sharded subscription because the
+                    // channel's slot left the node (a slot move or a failover); subscribe
+                    // again where it is now.
+                    PushKind::SUnsubscribe | PushKind::Unsubscribe => {
+                        return Some("the server ended the subscription (the channel's slot moved)");
+                    }
                     _ => {}
                 }
             }

@@ -17,6 +17,7 @@ use crate::config::{Config, RedisTarget};
 use crate::error::Error;
 use crate::stats::{Counters, SiteTable};
 
+pub(crate) use cluster::key_slot;
 pub(crate) use single::Single;
 
 /// Why an L2 operation produced no result.
@@ -326,6 +327,8 @@ pub(crate) struct L2 {
     writes_refused_until: Mutex<Option<Instant>>,
     writes_ever_refused: AtomicBool,
     stats: Arc<SiteTable>,
+    /// Invalidations go out with `SPUBLISH` (sharded Pub/Sub on a cluster).
+    sharded_bus: bool,
 }
 
 /// How long reads stay read-only after Redis refused a write, before the lease is tried again.
@@ -358,6 +361,8 @@ impl L2 {
             writes_refused_until: Mutex::new(None),
             writes_ever_refused: AtomicBool::new(false),
             stats,
+            sharded_bus: target.cluster.is_some()
+                && config.cluster_bus == crate::config::ClusterBus::Sharded,
         })
     }
 
@@ -711,6 +716,19 @@ impl L2 {
         channel: &str,
         message: &[u8],
     ) -> Result<(), L2Error> {
+        if self.sharded_bus {
+            // Each key's `DEL` on its master, then the `SPUBLISH` on the channel's master,
+            // only after every delete's reply (requests to several nodes keep no order): no
+            // instance re-reads an old value after the message.
+            for key in keys {
+                let mut p = redis::pipe();
+                p.cmd("DEL").arg(*key).ignore();
+                self.exec::<()>(&p).await?;
+            }
+            let mut c = redis::cmd("SPUBLISH");
+            c.arg(channel).arg(message);
+            return self.exec_req::<()>(Request::Cmd(&c)).await;
+        }
         if let (true, Some((last, others))) = (self.sharded(), keys.split_last()) {
             // One request per key's slot, and the message only after every delete (requests to
             // several nodes keep no order): no instance re-reads an old value after the
@@ -735,7 +753,7 @@ impl L2 {
         self.exec::<()>(&p).await
     }
 
-    /// `PUBLISH channel message`.
+    /// `PUBLISH channel message` (`SPUBLISH` with the sharded bus).
     pub(crate) async fn publish(&self, channel: &str, message: &[u8]) -> Result<(), L2Error> {
         self.del_and_publish(&[], channel, message).await
     }
