@@ -490,6 +490,11 @@ async fn scenario_31_failover_with_replicas_is_followed_without_errors() {
         runtime(&cluster, "c31").await,
         runtime(&cluster, "c31").await,
     );
+    // A pair on the sharded bus too, whose channel lives on the master failed over first.
+    let (c, d) = (
+        runtime_with(&cluster, "c31s", ClusterBus::Sharded).await,
+        runtime_with(&cluster, "c31s", ClusterBus::Sharded).await,
+    );
     for id in 0..30 {
         assert_eq!(a.scope(shard(id)).await, format!("value-of-{id}"));
     }
@@ -512,14 +517,18 @@ async fn scenario_31_failover_with_replicas_is_followed_without_errors() {
             (calls, worst)
         })
     };
-    // 1. A graceful failover of key 0's master.
-    let m = cluster.master_index_of("c31:shard:<0>");
+    // 1. A graceful failover of the master of the sharded pair's channel.
+    let m = cluster.master_index_of(&channel("c31s"));
+    let id1 = (0..30)
+        .find(|id| cluster.master_index_of(&format!("c31:shard:<{id}>")) == m)
+        .expect("a key of that master");
     let r = cluster.replica_index_of(m);
     let t = std::time::Instant::now();
     cluster.nodes()[r].cmd::<()>(&[b"CLUSTER", b"FAILOVER"]);
     cluster.wait_master(r);
     let promoted = t.elapsed();
-    let hit_after_failover = until_l2_hit(&b, 0).await;
+    let hit_after_failover = until_l2_hit(&b, id1).await;
+    let sharded_after_failover = invalidation_reaches(&c, &d).await;
     // 2. Another master killed: the cluster promotes its replica.
     let m2 = (0..30)
         .map(|id| cluster.master_index_of(&format!("c31:shard:<{id}>")))
@@ -534,6 +543,7 @@ async fn scenario_31_failover_with_replicas_is_followed_without_errors() {
     cluster.wait_master(r2);
     let promoted2 = t.elapsed();
     let hit_after_kill = until_l2_hit(&b, id2).await;
+    let sharded_after_kill = invalidation_reaches(&c, &d).await;
     // Invalidations still reach B.
     assert_eq!(
         b.scope(held(1)).await,
@@ -563,10 +573,45 @@ async fn scenario_31_failover_with_replicas_is_followed_without_errors() {
         s.l2_skips,
         SHARD_RUNS.load(Ordering::SeqCst)
     );
+    let sd = d.stats().total;
+    println!(
+        "scenario 31 (replicas, sharded bus): D read the new value {sharded_after_failover:?} after the failover and {sharded_after_kill:?} after the kill; D subscribed {} times, L2 errors {}",
+        sd.bus_subscribes, sd.l2_errors
+    );
     assert!(
         worst < std::time::Duration::from_secs(1),
         "a call took {worst:?}"
     );
+}
+
+/// C invalidates `held(2)`, which D holds in L1 (retried while the cluster settles), and D
+/// reads the new version once it heard the message or subscribed again (after which its L1
+/// was flushed). Returns how long that took.
+async fn invalidation_reaches(c: &Runtime, d: &Runtime) -> std::time::Duration {
+    let t = std::time::Instant::now();
+    assert_eq!(
+        d.scope(held(2)).await,
+        format!("2@v{}", VERSION.load(Ordering::SeqCst))
+    );
+    let (received, subscribes) = {
+        let s = d.stats().total;
+        (s.invalidations_received, s.bus_subscribes)
+    };
+    let new = VERSION.fetch_add(1, Ordering::SeqCst) + 1;
+    bounded("the invalidation", async {
+        while c.scope(invalidate_held(2)).await.is_err() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    wait_until("D to hear it or to subscribe again", || {
+        let s = d.stats();
+        s.total.invalidations_received > received
+            || (s.subscribed && s.total.bus_subscribes > subscribes)
+    })
+    .await;
+    assert_eq!(d.scope(held(2)).await, format!("2@v{new}"), "no stale read");
+    t.elapsed()
 }
 
 /// Scenario 31, without replicas: a master is SIGKILLed while one instance calls 30 keys spread
