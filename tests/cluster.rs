@@ -614,6 +614,174 @@ async fn invalidation_reaches(c: &Runtime, d: &Runtime) -> std::time::Duration {
     t.elapsed()
 }
 
+static REPLICATED_RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[tiered_cache(key = "replicated:<id>", ttl = "60s", promote = 1)]
+async fn replicated(id: u64) -> String {
+    REPLICATED_RUNS.fetch_add(1, Ordering::SeqCst);
+    format!("{id}@v{}", VERSION.load(Ordering::SeqCst))
+}
+
+/// `replica_reads` (3 masters + 3 replicas; this also proves the test cluster replicates):
+/// values another instance wrote are served from the replicas (counted in `replica_hits`)
+/// and never kept in L1, although the function promotes every L2 hit; a miss falls back to
+/// the master (one body run, filled under the lease). A lagging replica (`CLIENT PAUSE
+/// WRITE` on it stops it applying its master's stream) still returns a value after its
+/// `DEL`: the caller gets that old value (the documented price of replica reads), but since
+/// it was not kept, the first call after the replica caught up reads the new value. A frozen
+/// replica (SIGSTOP): calls fall back to the master within the time box, then its breaker
+/// opens and the replica is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_reads_are_served_but_never_kept() {
+    let cluster = Cluster::start_with_replicas(3, 1);
+    let writer = runtime(&cluster, "rr").await;
+    let reader = bounded(
+        "build",
+        Runtime::builder()
+            .namespace("rr")
+            .redis_cluster(cluster.urls())
+            .replica_reads(true)
+            .l2_timeout(std::time::Duration::from_millis(100))
+            .build(),
+    )
+    .await
+    .expect("runtime with replica reads");
+    assert!(reader.config().replica_reads());
+    let v = VERSION.load(Ordering::SeqCst);
+    for id in 0..12 {
+        assert_eq!(writer.scope(replicated(id)).await, format!("{id}@v{v}"));
+    }
+    let copies = || -> i64 {
+        cluster
+            .replicas()
+            .iter()
+            .map(|r| r.cmd::<i64>(&[b"DBSIZE"]))
+            .sum()
+    };
+    wait_until("the replicas to hold the masters' keys", || copies() >= 12).await;
+    // The first read of a function learns its generations from the master (a replica's
+    // value is served only against known generations). Replicas that the cluster lists only
+    // after the reader connected are picked up when its slot map shows them (read every
+    // second).
+    let t = std::time::Instant::now();
+    bounded("every key a replica hit", async {
+        loop {
+            let hits = reader.stats().total.replica_hits;
+            for id in 0..12 {
+                assert_eq!(reader.scope(replicated(id)).await, format!("{id}@v{v}"));
+            }
+            reader.flush_l1();
+            if reader.stats().total.replica_hits == hits + 12 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    println!(
+        "replica reads: every shard's replica read {:?} after the reader's first call",
+        t.elapsed()
+    );
+    let before = reader.stats().total;
+    for _ in 0..2 {
+        for id in 0..12 {
+            assert_eq!(reader.scope(replicated(id)).await, format!("{id}@v{v}"));
+        }
+    }
+    let mut s = reader.stats().total;
+    s.replica_hits -= before.replica_hits;
+    s.replica_fallbacks -= before.replica_fallbacks;
+    s.l1_hits -= before.l1_hits;
+    s.promotions -= before.promotions;
+    println!(
+        "replica reads: 24 calls: replica hits {}, fallbacks {}, L1 hits {}, promotions {}, body runs {}",
+        s.replica_hits,
+        s.replica_fallbacks,
+        s.l1_hits,
+        s.promotions,
+        REPLICATED_RUNS.load(Ordering::SeqCst)
+    );
+    assert_eq!((s.replica_hits, s.l1_hits, s.promotions), (24, 0, 0));
+    assert_eq!(REPLICATED_RUNS.load(Ordering::SeqCst), 12);
+    assert_eq!(reader.stats().l1_entries, 0, "nothing kept in L1");
+
+    // A miss: the master's read, the lease, one body run.
+    assert_eq!(reader.scope(replicated(50)).await, format!("50@v{v}"));
+    assert_eq!(REPLICATED_RUNS.load(Ordering::SeqCst), 13);
+    assert!(reader.stats().total.replica_fallbacks >= 1);
+
+    // A lagging replica returns a value after its DEL; it is served, and not kept. (A read
+    // falls back to the master when the reader does not know the generations at that moment,
+    // e.g. after a flush: then another key of the same master is tried.)
+    let m = cluster.master_index_of("rr:replicated:<3>");
+    let replica = &cluster.nodes()[cluster.replica_index_of(m)];
+    let on_m: Vec<u64> = (0..12)
+        .filter(|id| cluster.master_index_of(&format!("rr:replicated:<{id}>")) == m)
+        .collect();
+    let mut proven = None;
+    for &id in on_m.iter().take(3) {
+        let old = VERSION.load(Ordering::SeqCst);
+        replica.client_pause(3_000, support::Pause::Write);
+        let new = VERSION.fetch_add(1, Ordering::SeqCst) + 1;
+        let received = reader.stats().total.invalidations_received;
+        writer
+            .scope(invalidate_replicated(id))
+            .await
+            .expect("invalidate");
+        wait_until("the reader to hear it", || {
+            reader.stats().total.invalidations_received > received
+        })
+        .await;
+        let before = reader.stats().total;
+        let lagging = reader.scope(replicated(id)).await;
+        let after = reader.stats().total;
+        println!(
+            "replica reads: key {id}: the lagging replica's read answered {lagging} after the DEL (new version {new}); replica hits +{}, fallbacks +{}, L1 flushes so far {}",
+            after.replica_hits - before.replica_hits,
+            after.replica_fallbacks - before.replica_fallbacks,
+            after.l1_flushes
+        );
+        let served_by_replica = after.replica_hits > before.replica_hits;
+        if served_by_replica {
+            assert_eq!(
+                lagging,
+                format!("{id}@v{old}"),
+                "the replica still had the old value"
+            );
+        }
+        replica.cmd::<()>(&[b"CLIENT", b"UNPAUSE"]);
+        cluster.nodes()[m].cmd::<i64>(&[b"WAIT", b"1", b"2000"]);
+        assert_eq!(
+            reader.scope(replicated(id)).await,
+            format!("{id}@v{new}"),
+            "the old value was not kept"
+        );
+        if served_by_replica {
+            proven = Some((id, new));
+            break;
+        }
+        reader.flush_l1();
+    }
+    let (id, new) = proven.expect("a lagging replica's value was served once");
+
+    // A frozen replica: the master answers, within the time box; then its breaker opens.
+    replica.freeze();
+    let mut worst = std::time::Duration::ZERO;
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        assert_eq!(reader.scope(replicated(id)).await, format!("{id}@v{new}"));
+        worst = worst.max(t.elapsed());
+        reader.flush_l1();
+    }
+    replica.thaw();
+    let s = reader.stats().total;
+    println!(
+        "replica reads: 20 calls with the key's replica frozen (SIGSTOP): slowest {worst:?} (ceiling 1 s), L2 timeouts {}, skips {}, breaker transitions {}",
+        s.l2_timeouts, s.l2_skips, s.breaker_transitions
+    );
+    assert!(worst < std::time::Duration::from_secs(1));
+}
+
 /// Scenario 31, without replicas: a master is SIGKILLed while one instance calls 30 keys spread
 /// over the 3 masters through L2. Every call answers with its key's value under a 1 s ceiling;
 /// the dead master's keys are computed (its breaker opens: L2 is skipped for them), while the

@@ -239,6 +239,15 @@ impl Runtime {
             .as_deref()
             .filter(|_| tiers.l2() && !self.closing())
         {
+            // A replica's value: this call (and its followers) only, never into L1.
+            if l2.replica_reads()
+                && let Some(value) = self
+                    .read_replica::<K::Value>(l2, site, &key, site.fingerprint())
+                    .await
+            {
+                guard.complete(|| Shared::Value(Arc::new(value.clone())), || {});
+                return Begin::Done(K::from_value(value));
+            }
             match self
                 .read_l2::<K::Value>(l2, site, &key, site.fingerprint())
                 .await

@@ -528,6 +528,54 @@ impl Runtime {
         }
     }
 
+    /// `replica_reads`: the key's value as a replica holds it, when it is one this runtime
+    /// may serve right now (a value of this function, not past its TTL, not older than the
+    /// generations known from the bus). Served to this call only: never promoted into L1, no
+    /// lease taken. `None` (counted in `replica_fallbacks`): read the master as usual; also
+    /// when the generations are not known (the bus is down), which only the master's read
+    /// can learn.
+    pub(crate) async fn read_replica<V: DeserializeOwned>(
+        &self,
+        l2: &L2,
+        site: &'static Site,
+        key: &Key,
+        fingerprint: &[u8; 16],
+    ) -> Option<V> {
+        let c = self.table().site(site);
+        let found = match self.known_generations(site) {
+            Ok(current) => match l2.replica_get(key.as_str()).await {
+                Ok(Some(bytes)) if !codec::is_lease(&bytes) => {
+                    match codec::decode::<V>(fingerprint, &bytes, self.inner.config.max_value_bytes)
+                    {
+                        Ok((v, written))
+                            if !written.is_older_than(&current)
+                                && codec::expires_at(&bytes)
+                                    .is_none_or(|at| at > codec::unix_ms()) =>
+                        {
+                            Some(v)
+                        }
+                        // Judged (and counted) by the master's read.
+                        _ => None,
+                    }
+                }
+                Ok(_) | Err(crate::l2::L2Error::Skipped(_)) => None,
+                Err(e) => {
+                    e.count(c);
+                    None
+                }
+            },
+            Err(_) => None,
+        };
+        match found {
+            Some(_) => {
+                Counters::bump(&c.l2_hits);
+                Counters::bump(&c.replica_hits);
+            }
+            None => Counters::bump(&c.replica_fallbacks),
+        }
+        found
+    }
+
     /// The leader's L2 read. One round trip reads the value and, when there is none, takes the
     /// fill lease (and, when the cached generations cannot be trusted, reads the current
     /// ones). Another process's lease means it is computing this key: poll (each poll is the

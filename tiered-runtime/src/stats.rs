@@ -153,6 +153,12 @@ counters! {
     background_writes,
     /// Queued writes dropped because the queue was full, or left unwritten at shutdown.
     background_writes_dropped,
+    /// Calls answered with a value read from a cluster replica (`replica_reads`): served to
+    /// that call only, never kept in L1 (also counted in `l2_hits`).
+    replica_hits,
+    /// Replica reads that found nothing usable (no value, an expired or older value, a
+    /// lease, a failure): the call read the master as usual.
+    replica_fallbacks,
 }
 
 impl Counters {

@@ -14,7 +14,7 @@
 //! keys of the other masters keep their L2.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -40,6 +40,14 @@ pub(crate) struct Cluster {
     addr: String,
     connect_timeout: Duration,
     current: RwLock<Option<ClusterConnection>>,
+    /// `replica_reads`: a second client, whose read-only commands go to replicas (`READONLY`
+    /// connections), and its connection once made.
+    replicas: Option<(
+        redis::cluster::ClusterClient,
+        RwLock<Option<ClusterConnection>>,
+    )>,
+    /// Replica reads pass this breaker (failing replicas never open a master's).
+    replica_breaker: Arc<Breaker>,
     /// The pipelined lease read (`GET` + `SET NX` in `MULTI`/`EXEC`, one slot) instead of
     /// `SET … NX GET`.
     pipelined: AtomicBool,
@@ -47,6 +55,10 @@ pub(crate) struct Cluster {
     logs: crate::logs::Limiter,
     /// `(first slot, last slot, master host:port)`, sorted; empty until first read.
     slots: RwLock<Vec<(u16, u16, String)>>,
+    /// `(first slot, last slot, replicas as (host, port))` of the same read.
+    replica_map: RwLock<Vec<(u16, u16, Vec<(String, u16)>)>>,
+    /// Spreads replica reads over a shard's replicas.
+    replica_turn: AtomicU64,
     /// A breaker per master, by `host:port` ("" for a slot whose master is not known yet).
     breakers: Mutex<HashMap<String, Arc<Breaker>>>,
     breaker_threshold: u32,
@@ -68,25 +80,49 @@ impl Cluster {
             .flatten()
             .map(|c| c.get_connection_info().clone())
             .collect();
-        let client = ClusterClientBuilder::new(seeds)
-            .connection_timeout(config.connect_timeout)
-            // Our own time box is authoritative; this only frees the client's slots.
-            .response_timeout(config.l2_timeout * 2)
-            .retries(2)
-            .min_retry_wait(10)
-            .max_retry_wait(100)
-            .build()
-            .map_err(|e| {
+        let builder = || {
+            ClusterClientBuilder::new(seeds.clone())
+                .connection_timeout(config.connect_timeout)
+                // Our own time box is authoritative; this only frees the client's slots.
+                .response_timeout(config.l2_timeout * 2)
+                .retries(2)
+                .min_retry_wait(10)
+                .max_retry_wait(100)
+        };
+        let built = |b: ClusterClientBuilder| {
+            b.build().map_err(|e| {
                 Error::config(
                     "redis_cluster",
                     format!("cannot build a cluster client ({:?})", e.kind()),
                 )
-            })?;
+            })
+        };
+        let replicas = if config.replica_reads {
+            Some((
+                built(
+                    builder()
+                        .read_routing_strategy(redis::cluster_read_routing::RandomReplicaStrategy),
+                )?,
+                RwLock::new(None),
+            ))
+        } else {
+            None
+        };
+        let client = built(builder())?;
         let cluster = Arc::new(Cluster {
             client,
             addr: target.addr.clone(),
             connect_timeout: config.connect_timeout,
             current: RwLock::new(None),
+            replicas,
+            replica_map: RwLock::new(Vec::new()),
+            replica_turn: AtomicU64::new(0),
+            replica_breaker: Arc::new(Breaker::new(
+                config.breaker_threshold,
+                config.breaker_cooldown,
+                format!("{} (replica reads)", target.addr),
+                stats.clone(),
+            )),
             pipelined: AtomicBool::new(config.lease_read == LeaseRead::Pipelined),
             closed: AtomicBool::new(false),
             logs: crate::logs::Limiter::default(),
@@ -108,6 +144,7 @@ impl Cluster {
                 .await?;
                 cluster.install(conn);
                 cluster.read_slot_map().await;
+                cluster.connect_replicas().await;
             }
             Err(e) if is_auth(&e) => {
                 return Err(Error::Auth {
@@ -143,6 +180,53 @@ impl Cluster {
         }
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(conn);
         tracing::info!(redis = %self.addr, "tiered: connected to the Redis Cluster");
+    }
+
+    /// Connects the replica-read client when it is configured and not connected yet.
+    async fn connect_replicas(&self) {
+        let Some((client, conn)) = &self.replicas else {
+            return;
+        };
+        if conn.read().unwrap_or_else(|p| p.into_inner()).is_some() {
+            return;
+        }
+        match tokio::time::timeout(self.connect_timeout * 2, client.get_async_connection()).await {
+            Ok(Ok(c)) if !self.closed.load(Ordering::Acquire) => {
+                *conn.write().unwrap_or_else(|p| p.into_inner()) = Some(c);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(redis = %self.addr, error = %describe(&e), "tiered: replica-read connect attempt failed")
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// For a replica read of `key`: the replica-read connection, its breaker and a replica of
+    /// the key's master, from the slot map this runtime reads every second (not the client's
+    /// own, which knows only the replicas listed when it connected). `None` when replica reads
+    /// are off, not connected, or no replica of that master is known.
+    pub(crate) fn replica_route(
+        &self,
+        key: &[u8],
+    ) -> Option<(ClusterConnection, Arc<Breaker>, String, u16)> {
+        let (_, conn) = self.replicas.as_ref()?;
+        let conn = conn.read().unwrap_or_else(|p| p.into_inner()).clone()?;
+        let slot = key_slot(key);
+        let (host, port) = {
+            let map = self.replica_map.read().unwrap_or_else(|p| p.into_inner());
+            let (_, _, replicas) = map
+                .iter()
+                .find(|(from, to, _)| (*from..=*to).contains(&slot))?;
+            let turn = self.replica_turn.fetch_add(1, Ordering::Relaxed) as usize;
+            replicas.get(turn % replicas.len().max(1))?.clone()
+        };
+        Some((conn, self.replica_breaker.clone(), host, port))
+    }
+
+    /// Whether `replica_reads` is on.
+    pub(crate) fn replica_reads(&self) -> bool {
+        self.replicas.is_some()
     }
 
     /// The breaker of the master that serves `slot` (see the module docs).
@@ -191,6 +275,11 @@ impl Cluster {
         )
         .await;
         if let Ok(Ok(reply)) = reply {
+            let mut replicas = replica_ranges(&reply);
+            if !replicas.is_empty() {
+                replicas.sort();
+                *self.replica_map.write().unwrap_or_else(|p| p.into_inner()) = replicas;
+            }
             let mut map = slot_ranges(&reply);
             if !map.is_empty() {
                 map.sort();
@@ -222,6 +311,9 @@ impl Cluster {
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = None;
+        if let Some((_, conn)) = &self.replicas {
+            *conn.write().unwrap_or_else(|p| p.into_inner()) = None;
+        }
     }
 
     pub(crate) async fn query<T: redis::FromRedisValue>(
@@ -264,6 +356,7 @@ async fn supervise(weak: Weak<Cluster>) {
         }
         if this.is_connected() {
             this.read_slot_map().await;
+            this.connect_replicas().await;
             drop(this);
             tokio::time::sleep(SLOT_MAP_EVERY).await;
             continue;
@@ -314,6 +407,51 @@ pub(crate) fn key_slot(key: &[u8]) -> u16 {
 }
 
 /// `(first slot, last slot, master host:port)` of each range of a `CLUSTER SLOTS` reply.
+/// `(first slot, last slot, replicas)` of each range of a `CLUSTER SLOTS` reply.
+fn replica_ranges(reply: &redis::Value) -> Vec<(u16, u16, Vec<(String, u16)>)> {
+    let redis::Value::Array(ranges) = reply else {
+        return Vec::new();
+    };
+    ranges
+        .iter()
+        .filter_map(|r| {
+            let redis::Value::Array(parts) = r else {
+                return None;
+            };
+            let [
+                redis::Value::Int(from),
+                redis::Value::Int(to),
+                _master,
+                replicas @ ..,
+            ] = parts.as_slice()
+            else {
+                return None;
+            };
+            Some((
+                u16::try_from(*from).ok()?,
+                u16::try_from(*to).ok()?,
+                replicas.iter().filter_map(node_addr).collect(),
+            ))
+        })
+        .collect()
+}
+
+/// `(host, port)` of a node entry of `CLUSTER SLOTS`.
+fn node_addr(node: &redis::Value) -> Option<(String, u16)> {
+    let redis::Value::Array(parts) = node else {
+        return None;
+    };
+    let host = match parts.first()? {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+        redis::Value::SimpleString(s) => s.clone(),
+        _ => return None,
+    };
+    let redis::Value::Int(port) = parts.get(1)? else {
+        return None;
+    };
+    Some((host, u16::try_from(*port).ok()?))
+}
+
 fn slot_ranges(reply: &redis::Value) -> Vec<(u16, u16, String)> {
     let redis::Value::Array(ranges) = reply else {
         return Vec::new();

@@ -18,6 +18,8 @@ use crate::error::Error;
 use crate::stats::{Counters, SiteTable};
 
 pub(crate) use cluster::key_slot;
+use redis::FromRedisValue as _;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 pub(crate) use single::Single;
 
 /// Why an L2 operation produced no result.
@@ -827,13 +829,47 @@ impl L2 {
                 _ => route_key(req).map(|k| cluster::key_slot(&k)),
             }),
         };
+        self.guarded(&breaker, self.run(req)).await
+    }
+
+    /// `GET key` on a replica of the key's master (`replica_reads`), under the replicas' own
+    /// breaker and the time box. `Skipped` when replica reads are off or not connected, or no
+    /// replica of that master is known.
+    pub(crate) async fn replica_get(&self, key: &str) -> Result<Option<Vec<u8>>, L2Error> {
+        let Backend::Cluster(c) = &self.backend else {
+            return Err(L2Error::Skipped("no replicas"));
+        };
+        let Some((mut conn, breaker, host, port)) = c.replica_route(key.as_bytes()) else {
+            return Err(L2Error::Skipped("no replica known"));
+        };
+        let mut get = redis::cmd("GET");
+        get.arg(key);
+        let to = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+        let read = async move {
+            let reply = conn.route_command(get, to).await.map_err(L2Error::Failed)?;
+            Option::<Vec<u8>>::from_redis_value(reply).map_err(|e| L2Error::Failed(e.into()))
+        };
+        self.guarded(&breaker, read).await
+    }
+
+    /// Whether reads try a replica first (`replica_reads` on a cluster).
+    pub(crate) fn replica_reads(&self) -> bool {
+        matches!(&self.backend, Backend::Cluster(c) if c.replica_reads())
+    }
+
+    /// Runs `op` under `breaker` and the time box, and tells the breaker how the link fared.
+    async fn guarded<T>(
+        &self,
+        breaker: &Breaker,
+        op: impl Future<Output = Result<T, L2Error>>,
+    ) -> Result<T, L2Error> {
         let (admission, _) = breaker.admit();
         let permit = match admission {
             Admission::Reject => return Err(L2Error::Skipped("circuit breaker open")),
             Admission::Pass => None,
             Admission::Probe(p) => Some(p),
         };
-        let result = match tokio::time::timeout(self.timeout, self.run(req)).await {
+        let result = match tokio::time::timeout(self.timeout, op).await {
             Err(_) => Err(L2Error::Timeout),
             Ok(r) => r,
         };
