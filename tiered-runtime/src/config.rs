@@ -63,16 +63,20 @@ pub enum LeaseRead {
 /// How invalidations travel on a Redis Cluster (see [`Builder::cluster_bus`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ClusterBus {
-    /// Classic Pub/Sub: `PUBLISH` to any node, which the cluster forwards to every node;
-    /// instances `SUBSCRIBE` on any node. The invalidating call's `DEL` and `PUBLISH` go to the
-    /// key's master together, in one round trip.
+    /// Sharded Pub/Sub (Redis ≥ 7.0), the default: `SPUBLISH` to the master of the channel's
+    /// slot, which forwards only to its own replicas; instances `SSUBSCRIBE` there and
+    /// subscribe again (with a new L1 epoch) when the server ends the subscription (the
+    /// channel's slot moved) or the link is lost. The `SPUBLISH` is sent after the `DEL`'s
+    /// reply: two round trips for the invalidating call. Measured on 3 and 6 masters: no
+    /// cluster-bus traffic, total CPU per invalidation independent of the cluster's size, and
+    /// a shorter propagation tail than classic (see the README).
     #[default]
-    Classic,
-    /// Sharded Pub/Sub (Redis ≥ 7.0): `SPUBLISH` to the master of the channel's slot, which
-    /// forwards only to its own replicas; instances `SSUBSCRIBE` there and subscribe again
-    /// when the server drops the subscription (the channel's slot moved) or the link is lost.
-    /// The `SPUBLISH` is sent after the `DEL`'s reply: two round trips for the invalidating call.
     Sharded,
+    /// Classic Pub/Sub: `PUBLISH` to any node, which the cluster forwards to every node;
+    /// instances `SUBSCRIBE` on any node (the next seed after a failure). The invalidating
+    /// call's `DEL` and `PUBLISH` go to the key's master together, in one round trip. For
+    /// clusters older than Redis 7.0, which have no sharded Pub/Sub.
+    Classic,
 }
 
 /// Configures and builds a [`Runtime`].
@@ -240,8 +244,8 @@ impl Builder {
 
     /// A Redis Cluster as L2: the URLs of some of its nodes (`redis://[user:password@]host:port`;
     /// the client discovers the others). Exclusive with [`redis_url`](Self::redis_url). Every
-    /// command the runtime sends touches one slot; invalidations go out with classic `PUBLISH`,
-    /// which the cluster forwards to every node (see `docs/coherence.md`).
+    /// command the runtime sends touches one slot; invalidations go out with sharded Pub/Sub
+    /// by default (see [`cluster_bus`](Self::cluster_bus) and `docs/coherence.md`).
     pub fn redis_cluster<I, S>(mut self, seeds: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -251,8 +255,9 @@ impl Builder {
         self
     }
 
-    /// How invalidations travel on a Redis Cluster: [`ClusterBus::Classic`] (`PUBLISH`, the
-    /// default) or [`ClusterBus::Sharded`] (`SPUBLISH`/`SSUBSCRIBE`). Only with
+    /// How invalidations travel on a Redis Cluster: [`ClusterBus::Sharded`]
+    /// (`SPUBLISH`/`SSUBSCRIBE`, the default) or [`ClusterBus::Classic`] (`PUBLISH`, for
+    /// clusters older than Redis 7.0). Only with
     /// [`redis_cluster`](Self::redis_cluster) (a single server always uses classic Pub/Sub);
     /// the README's Cluster section gives the measurements behind the default.
     pub fn cluster_bus(mut self, mode: ClusterBus) -> Self {
