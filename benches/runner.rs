@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! cargo bench --bench runner -- --quick          # < 2 min on 2 cores (release build excluded)
-//! cargo bench --bench runner                     # full run, < 10 min
-//! cargo bench --bench runner -- --only W1,W4b    # some workloads only (W1 W2 W3 W3b W4 W4b W4c W5 W6)
+//! cargo bench --bench runner                     # full run (K workloads included), < 10 min
+//! cargo bench --bench runner -- --only W1,W4b    # some workloads only (W1 W2 W3 W3b W4 W4b W4c W5 W6
+//!                                                # K2 K4 K5)
+//! cargo bench --bench runner -- --quick --only K2,K4,K5   # the Redis Cluster workloads, ~25 s
 //! cargo bench --bench runner -- --out DIR        # default target/tiered-bench/ of the workspace
 //! ```
 //!
@@ -44,6 +46,17 @@
 //!   `#[concurrent_cached(ty = "AsyncRedisCache<u64, User>", …)]` for the Redis workloads
 //!   (W2, W5). It has no tier composition and no invalidation bus.
 //!
+//! On the Redis Cluster (K workloads, `cluster_workloads.rs`):
+//!
+//! * `tiered-l2-promote-off` (K2) / `tiered-scoped` (K5): runtimes built with
+//!   `redis_cluster(every node)`, as in W2 / W5.
+//! * `redis-raw-cluster`: the `redis-raw` code on a redis-rs `cluster_async::ClusterConnection`.
+//! * `tiered-classic` / `tiered-sharded` (K4): instances A and B built with
+//!   `cluster_bus(ClusterBus::Classic | Sharded)` (a namespace per mode).
+//! * `raw-publish`: `PUBLISH` on node 0 → a RESP3 `SUBSCRIBE` on node 1 (always across the
+//!   cluster bus); `raw-spublish`: `SPUBLISH` through a `ClusterConnection` → `SSUBSCRIBE`
+//!   through a RESP3 `ClusterConnection` with a push sender (both at the channel's master).
+//!
 //! # Workloads
 //!
 //! Each workload checks the work done (body runs, values equal to `user(id)`, counters); a
@@ -79,6 +92,27 @@
 //!   elsewhere pay one relaxed load), and peak RSS (`VmHWM`), each case in a child process
 //!   (this executable re-run with a hidden argument). Baseline: `moka-sync` (tiered's L1 is a
 //!   `moka::sync::Cache`).
+//!
+//! The K workloads run on a private local Redis Cluster (`cluster_support.rs`: N masters, no
+//! replicas, `redis-cli --cluster create`, killed at exit), started after the W workloads; in
+//! the full plan, and in `--quick` only when named in `--only`:
+//!
+//! * **K2 L2 hit on the cluster** (3 masters): W2 with promotion off, concurrency 1, 16 (256 in
+//!   the full plan); p50, ops/s, commands and reads per hit summed over the nodes. Baseline:
+//!   `redis-raw-cluster`. Reference rows "1 server": W2's reader and `redis-raw` on the
+//!   runner's single server, on the same ids, in the same rounds.
+//! * **K5 miss on the cluster** (3 masters): W5; baseline `redis-raw-cluster` (`GET` + `SET PX`).
+//! * **K4 propagation on the cluster**, 3 and 6 masters: B holds the key in L1 (a call, then a
+//!   checked L1 hit), A invalidates it; time until B applied it, polled as in W4; p50/p99/max
+//!   and A's call's own p50/p99. B's classic subscription is on node 1 and the trial keys'
+//!   masters are other nodes, so a classic invalidation always crosses the cluster bus.
+//!   Baselines `raw-publish` (classic rows) and `raw-spublish` (sharded rows). Per-node cost,
+//!   over a second run of the same invalidations without B's reads (each still waited for at
+//!   B): the delta of `INFO cpu` (`used_cpu_sys + used_cpu_user`) and of `CLUSTER INFO`'s
+//!   `cluster_stats_messages_publish{,shard}_{sent,received}` per invalidation, summed over
+//!   the nodes and on the busiest node. A `background` row gives the same counters over 1 s
+//!   idle (the runtimes' beacons, one per second each, the clients' topology reads, the
+//!   cluster's gossip): they are in every figure, not subtracted.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::{BTreeMap, HashMap};
@@ -94,6 +128,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
+
+mod cluster_support;
+mod cluster_workloads;
 
 // =============================================================================================
 // Counting allocator (W6)
@@ -194,6 +231,12 @@ enum Sys {
     Composed,
     Mtc,
     Cached,
+    RawCluster,
+    TieredClassic,
+    TieredSharded,
+    RawPublish,
+    RawSpublish,
+    Background,
 }
 
 impl Sys {
@@ -211,6 +254,12 @@ impl Sys {
             Sys::Composed => "moka+redis",
             Sys::Mtc => "multi-tier-cache",
             Sys::Cached => "cached",
+            Sys::RawCluster => "redis-raw-cluster",
+            Sys::TieredClassic => "tiered-classic",
+            Sys::TieredSharded => "tiered-sharded",
+            Sys::RawPublish => "raw-publish",
+            Sys::RawSpublish => "raw-spublish",
+            Sys::Background => "background",
         }
     }
 
@@ -219,7 +268,7 @@ impl Sys {
     }
 }
 
-const ALL_SYS: [Sys; 12] = [
+const ALL_SYS: [Sys; 18] = [
     Sys::TieredInstalled,
     Sys::TieredScoped,
     Sys::TieredL2Off,
@@ -232,10 +281,16 @@ const ALL_SYS: [Sys; 12] = [
     Sys::Composed,
     Sys::Mtc,
     Sys::Cached,
+    Sys::RawCluster,
+    Sys::TieredClassic,
+    Sys::TieredSharded,
+    Sys::RawPublish,
+    Sys::RawSpublish,
+    Sys::Background,
 ];
 
 /// Body runs per system (tiered's are read from its runtime's `computations`).
-static RUNS: [AtomicU64; 12] = [const { AtomicU64::new(0) }; 12];
+static RUNS: [AtomicU64; ALL_SYS.len()] = [const { AtomicU64::new(0) }; ALL_SYS.len()];
 
 fn runs(sys: Sys) -> u64 {
     RUNS[sys as usize].load(Ordering::Relaxed)
@@ -348,6 +403,11 @@ mod memo {
         coh_body(id).await
     }
 
+    #[tiered::tiered_cache(key = "k4:<id>", strategy = "LongTerm", promote = 1)]
+    pub async fn t_k4(id: u64) -> User {
+        user(id)
+    }
+
     #[tiered::tiered_cache(key = "mem:<id>", strategy = "LongTerm", tiers = "l1")]
     pub async fn t_mem(id: u64) -> User {
         user(id)
@@ -411,6 +471,8 @@ struct Plan {
     w4b_trials: usize,
     w5_calls: usize,
     w6_entries: Vec<u64>,
+    /// K2 concurrencies (calls per round as W2's).
+    k2_conc: Vec<usize>,
     only: Option<Vec<String>>,
     out: PathBuf,
 }
@@ -461,6 +523,7 @@ impl Plan {
                 w4b_trials: 20,
                 w5_calls: 1_500,
                 w6_entries: vec![10_000, 100_000],
+                k2_conc: vec![1, 16],
                 only,
                 out,
             }
@@ -475,6 +538,7 @@ impl Plan {
                 w4b_trials: 60,
                 w5_calls: 4_000,
                 w6_entries: vec![10_000, 100_000, 1_000_000],
+                k2_conc: vec![1, 16, 256],
                 only,
                 out,
             }
@@ -485,6 +549,15 @@ impl Plan {
         self.only
             .as_ref()
             .is_none_or(|o| o.iter().any(|w| w == &workload.to_ascii_uppercase()))
+    }
+
+    /// The K workloads (each starts a local Redis Cluster, ~25 s in all in the quick plan): in
+    /// the full plan, and in `--quick` only when named in `--only`.
+    fn runs_k(&self, workload: &str) -> bool {
+        match &self.only {
+            Some(_) => self.runs(workload),
+            None => !self.quick,
+        }
     }
 }
 
@@ -1064,6 +1137,13 @@ async fn call(w: &World, sys: Sys, space: Space, id: u64) -> User {
         Sys::Composed => composed_get(w, id, delay).await,
         Sys::Mtc => mtc_get(&w.mtc, id, delay).await,
         Sys::Cached => cached_call(space, id).await,
+        // The K systems (cluster_workloads.rs) are never called through the single-server world.
+        Sys::RawCluster
+        | Sys::TieredClassic
+        | Sys::TieredSharded
+        | Sys::RawPublish
+        | Sys::RawSpublish
+        | Sys::Background => unreachable!("{} is a K system", sys.name()),
     }
 }
 
@@ -2785,7 +2865,7 @@ fn status_text(s: &Status) -> String {
     }
 }
 
-const WORKLOADS: [(&str, &str); 9] = [
+const WORKLOADS: [(&str, &str); 12] = [
     (
         "W1",
         "L1 hit (batches of 64 timed; baseline moka-future get+clone)",
@@ -2813,6 +2893,18 @@ const WORKLOADS: [(&str, &str); 9] = [
         "miss, body returns at once (baseline redis-raw GET + SET PX)",
     ),
     ("W6", "memory per L1 entry (baseline moka-sync)"),
+    (
+        "K2",
+        "L2 hit on a Redis Cluster, promotion off (baseline redis-raw-cluster GET+decode; 1-server rows vs redis-raw)",
+    ),
+    (
+        "K4",
+        "invalidation propagation A -> B on a Redis Cluster, classic vs sharded (baselines raw PUBLISH / SPUBLISH -> receive); per-node cost",
+    ),
+    (
+        "K5",
+        "miss on a Redis Cluster, body returns at once (baseline redis-raw-cluster GET + SET PX)",
+    ),
 ];
 
 fn markdown(res: &Results, machine: &Machine, plan: &Plan, elapsed: Duration) -> String {
@@ -3079,16 +3171,18 @@ fn main() {
         .expect("tokio runtime");
     let mut res = Results::default();
 
+    // K2 prints reference rows on the single server.
     let needs_redis = ["W1", "W2", "W3", "W3B", "W4", "W4B", "W4C", "W5"]
         .iter()
-        .any(|w| plan.runs(w));
+        .any(|w| plan.runs(w))
+        || plan.runs_k("K2");
     let server = if needs_redis {
         match RedisServer::start() {
             Ok(s) => Some(s),
             Err(why) => {
                 println!("no private redis-server ({why}): the Redis workloads are n/a");
                 for (w, _) in WORKLOADS {
-                    if w == "W6" {
+                    if w == "W6" || w.starts_with('K') {
                         continue;
                     }
                     for sys in ALL_SYS {
@@ -3172,9 +3266,11 @@ struct Outcome {
 }
 
 async fn run_workloads(plan: Plan, url: Option<String>, mut o: Outcome) -> Outcome {
+    let mut world = None;
     if let Some(url) = url {
         let _ = REDIS_URL.set(url.clone());
         let w = Arc::new(World::new(&url).await);
+        world = Some(Arc::clone(&w));
         let size = rmp_serde::to_vec_named(&user(42)).map_or(0, |b| b.len());
         println!("value: {size} bytes as named MessagePack");
         let res = &mut o.res;
@@ -3216,6 +3312,8 @@ async fn run_workloads(plan: Plan, url: Option<String>, mut o: Outcome) -> Outco
             println!("W5 done in {:.1} s", t.elapsed().as_secs_f64());
         }
     }
+    cluster_workloads::run(world.as_ref(), &plan, &mut o.res).await;
+    drop(world);
     if plan.runs("W6") {
         let t = Instant::now();
         w6(&plan, &mut o.res, &mut o.memory).await;
