@@ -886,6 +886,19 @@ mod tests {
             "lease_ttl"
         );
         assert_eq!(field_of(Builder::new().bus_queue(usize::MAX)), "bus_queue");
+        // Cluster-only options without a cluster.
+        assert_eq!(
+            field_of(Builder::new().cluster_bus(ClusterBus::Classic)),
+            "cluster_bus"
+        );
+        assert_eq!(
+            field_of(
+                Builder::new()
+                    .redis_url("redis://127.0.0.1:7000")
+                    .replica_reads(true)
+            ),
+            "replica_reads"
+        );
         assert_eq!(
             field_of(Builder::new().fail_safe(Duration::ZERO)),
             "fail_safe"
