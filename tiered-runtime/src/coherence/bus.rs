@@ -3,7 +3,9 @@
 //! * **Publishing.** Every invalidation gets the next number of this runtime's sequence, also
 //!   when it then fails; a beacon every [`BEACON`] says which number was last assigned, so
 //!   receivers notice a lost message (see [`sequence`](super::sequence)).
-//! * **Subscriber.** A RESP3 connection whose pushes go straight into a bounded queue
+//! * **Subscriber.** A RESP3 connection (on a cluster with the sharded bus, a cluster client
+//!   of its own whose `SSUBSCRIBE` went to the channel slot's master; the server ending that
+//!   subscription is a gap like a lost link) whose pushes go straight into a bounded queue
 //!   ([`PushQueue`]): nothing between Redis and this runtime can grow without bound. The reader
 //!   task checks each message's number, ignores its own messages and hands invalidations to the
 //!   handler task through a second bounded queue; when either queue is full it flushes L1

@@ -56,7 +56,7 @@ pub(crate) struct Cluster {
     /// `(first slot, last slot, master host:port)`, sorted; empty until first read.
     slots: RwLock<Vec<(u16, u16, String)>>,
     /// `(first slot, last slot, replicas as (host, port))` of the same read.
-    replica_map: RwLock<Vec<(u16, u16, Vec<(String, u16)>)>>,
+    replica_map: RwLock<Vec<ReplicaRange>>,
     /// Spreads replica reads over a shard's replicas.
     replica_turn: AtomicU64,
     /// A breaker per master, by `host:port` ("" for a slot whose master is not known yet).
@@ -407,8 +407,11 @@ pub(crate) fn key_slot(key: &[u8]) -> u16 {
 }
 
 /// `(first slot, last slot, master host:port)` of each range of a `CLUSTER SLOTS` reply.
+/// `(first slot, last slot, replicas as (host, port))`.
+type ReplicaRange = (u16, u16, Vec<(String, u16)>);
+
 /// `(first slot, last slot, replicas)` of each range of a `CLUSTER SLOTS` reply.
-fn replica_ranges(reply: &redis::Value) -> Vec<(u16, u16, Vec<(String, u16)>)> {
+fn replica_ranges(reply: &redis::Value) -> Vec<ReplicaRange> {
     let redis::Value::Array(ranges) = reply else {
         return Vec::new();
     };
