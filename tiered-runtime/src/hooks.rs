@@ -82,6 +82,9 @@ pub struct Hooks {
     pub judged: Gate,
     /// In a key invalidation, after the first local eviction and before the `DEL`.
     pub invalidation: Gate,
+    /// In a key invalidation on the sharded cluster bus, after the `DEL`s were answered and
+    /// before the `SPUBLISH`.
+    pub publication: Gate,
     /// In the background writer, before a queued fill is written.
     pub background_write: Gate,
     lost_publishes: AtomicUsize,

@@ -452,7 +452,21 @@ impl Runtime {
         } else {
             channel
         };
-        let result = l2.del_and_publish(del, channel, &message).await;
+        let result = if l2.publishes_apart() {
+            // The sharded bus: the message goes to another master than the deletes, so only
+            // after their replies (requests to several nodes keep no order), and no instance
+            // re-reads an old value after the message.
+            match l2.delete(del).await {
+                Ok(()) => {
+                    #[cfg(feature = "test-hooks")]
+                    inner.local.hooks.publication.pass().await;
+                    l2.publish(channel, &message).await
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            l2.del_and_publish(del, channel, &message).await
+        };
         // Again after the delete: a flight that started between the first eviction and the
         // DEL may have read the old value from Redis.
         self.evict_local(site.name(), key.as_str());

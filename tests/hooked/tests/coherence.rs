@@ -1029,6 +1029,56 @@ async fn scenario_25_cross_instance_invalidation_three_instances() {
 async fn scenario_25_cross_instance_invalidation_three_instances_on_a_cluster() {
     let cluster = support::cluster::Cluster::start(3);
     scenario_25(&cluster_url(&cluster)).await;
+    the_sharded_message_waits_for_the_delete(&cluster_url(&cluster)).await;
+}
+
+/// On the sharded cluster bus (the default) the message goes to the channel's master and the
+/// `DEL` to the key's: A's invalidation is held after its `DEL` was answered and before its
+/// `SPUBLISH` (the `publication` gate), and B, holding the key in L1, reads it while A is held
+/// and again once it heard the message: the second read is the new value. (Were the message
+/// sent before the `DEL`, B would hear it, read the old value still in Redis and keep it in
+/// L1.)
+async fn the_sharded_message_waits_for_the_delete(url: &str) {
+    let a = runtime(url).await;
+    let b = runtime(url).await;
+    let db = Db::leak();
+    let id = 900;
+    assert_eq!(a.scope(item(db, id)).await, 0);
+    bounded("B holds the key in L1", async {
+        loop {
+            let hits = b.stats().total.l1_hits;
+            assert_eq!(b.scope(item(db, id)).await, 0);
+            if b.stats().total.l1_hits > hits {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let new = db.write(id);
+    let rb = received(&b);
+    a.hooks().publication.close();
+    let invalidation = {
+        let a = a.clone();
+        tokio::spawn(async move { a.scope(invalidate_item(id)).await })
+    };
+    a.hooks().publication.wait_reached(1).await;
+    // While A is held: B may or may not have heard (it must not have, here), and reads.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let heard_early = received(&b) > rb;
+    let during = b.scope(item(db, id)).await;
+    a.hooks().publication.open();
+    bounded("A's invalidation", invalidation)
+        .await
+        .expect("no panic")
+        .expect("invalidate");
+    wait_until("B received", || received(&b) > rb).await;
+    let after = b.scope(item(db, id)).await;
+    println!(
+        "sharded bus ordering: B heard the message before the DEL was answered: {heard_early}; B read {during} while A was held, {after} after (new {new})"
+    );
+    assert!(!heard_early, "the message went out before the DEL's reply");
+    assert_eq!(after, new, "B kept an old value");
 }
 
 async fn scenario_25(url: &str) {

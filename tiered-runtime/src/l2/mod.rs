@@ -722,11 +722,7 @@ impl L2 {
             // Each key's `DEL` on its master, then the `SPUBLISH` on the channel's master,
             // only after every delete's reply (requests to several nodes keep no order): no
             // instance re-reads an old value after the message.
-            for key in keys {
-                let mut p = redis::pipe();
-                p.cmd("DEL").arg(*key).ignore();
-                self.exec::<()>(&p).await?;
-            }
+            self.delete(keys).await?;
             let mut c = redis::cmd("SPUBLISH");
             c.arg(channel).arg(message);
             return self.exec_req::<()>(Request::Cmd(&c)).await;
@@ -753,6 +749,23 @@ impl L2 {
         }
         p.cmd("PUBLISH").arg(channel).arg(message).ignore();
         self.exec::<()>(&p).await
+    }
+
+    /// Whether an invalidation's message goes out as a request of its own, after the
+    /// deletes were answered ([`delete`](Self::delete) then [`publish`](Self::publish)): the
+    /// sharded bus on a cluster, whose channel lives on another master than the keys.
+    pub(crate) fn publishes_apart(&self) -> bool {
+        self.sharded_bus
+    }
+
+    /// `DEL` of each key, one request per key (one slot each), in turn.
+    pub(crate) async fn delete(&self, keys: &[&str]) -> Result<(), L2Error> {
+        for key in keys {
+            let mut p = redis::pipe();
+            p.cmd("DEL").arg(*key).ignore();
+            self.exec::<()>(&p).await?;
+        }
+        Ok(())
     }
 
     /// `PUBLISH channel message` (`SPUBLISH` with the sharded bus).
