@@ -869,7 +869,7 @@ async fn acl_probe(id: u64) -> u64 {
 /// start-up probe runs every command on the runtime's own keys, one slot per request), and a
 /// user scoped to them works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acl_refusals_on_a_cluster_are_build_errors() {
+async fn scenario_16_acl_refusals_on_a_cluster_are_build_errors() {
     let cluster = Cluster::start(3);
     for node in cluster.nodes() {
         for rule in [

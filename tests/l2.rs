@@ -516,7 +516,7 @@ async fn outage_call(id: u64, calls: &Calls) -> u64 {
 }
 
 #[tokio::test]
-async fn wrong_password_is_a_build_error_and_the_right_one_works() {
+async fn scenario_16_wrong_password_is_a_build_error_and_the_right_one_works() {
     let redis = RedisServer::start_with(&["--requirepass", "right-pw"]);
     let bad = format!("redis://:S3cr3t-canary@127.0.0.1:{}/", redis.port());
     match Runtime::builder().redis_url(bad).build().await {
@@ -562,7 +562,7 @@ async fn invalidate_reports_an_unreachable_redis_but_still_evicts_locally() {
 }
 
 #[tokio::test]
-async fn acl_refusals_are_build_errors() {
+async fn scenario_16_acl_refusals_are_build_errors() {
     let redis = RedisServer::start();
     // May use other keys only; may use our keys but not GET; may do everything on ours.
     redis.cmd::<()>(&[
