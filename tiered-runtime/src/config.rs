@@ -101,6 +101,7 @@ pub struct Builder {
     redis_cluster: Option<Vec<String>>,
     cluster_bus: Option<ClusterBus>,
     replica_reads: bool,
+    tls: TlsSettings,
     l1_max_entries: u64,
     l1_max_ttl: Option<Duration>,
     l2_timeout: Duration,
@@ -149,6 +150,7 @@ impl Default for Builder {
             redis_cluster: None,
             cluster_bus: None,
             replica_reads: false,
+            tls: TlsSettings::default(),
             l1_max_entries: DEFAULT_L1_MAX_ENTRIES,
             l1_max_ttl: None,
             l2_timeout: DEFAULT_L2_TIMEOUT,
@@ -273,6 +275,26 @@ impl Builder {
     /// [`redis_cluster`](Self::redis_cluster).
     pub fn replica_reads(mut self, on: bool) -> Self {
         self.replica_reads = on;
+        self
+    }
+
+    /// The certificate authority (PEM) that signed the server's certificate, for `rediss://`
+    /// URLs whose server the system's trust store does not know (a private CA). Needs the
+    /// `tls` feature. Without it, the system's trust store decides.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.ca = Some(pem.into());
+        self
+    }
+
+    /// A client certificate and its private key (both PEM), for servers that verify clients
+    /// (mutual TLS, `tls-auth-clients yes`). Needs the `tls` feature and a `rediss://` URL. The
+    /// key is never printed (`Debug` of the builder and of `Config` leave it out).
+    pub fn tls_client_cert_pem(
+        mut self,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.tls.client = Some((cert.into(), key.into()));
         self
     }
 
@@ -447,8 +469,8 @@ impl Builder {
         validate_namespace(&self.namespace)?;
         let redis = match (self.redis_url.take(), self.redis_cluster.take()) {
             (None, None) => None,
-            (Some(url), None) => Some(RedisTarget::parse(url)?),
-            (None, Some(seeds)) => Some(RedisTarget::cluster(seeds)?),
+            (Some(url), None) => Some(RedisTarget::parse(url, &self.tls)?),
+            (None, Some(seeds)) => Some(RedisTarget::cluster(seeds, &self.tls)?),
             (Some(_), Some(_)) => {
                 return Err(Error::config(
                     "redis_cluster",
@@ -456,6 +478,12 @@ impl Builder {
                 ));
             }
         };
+        if redis.is_none() && self.tls.is_set() {
+            return Err(Error::config(
+                "tls_ca",
+                "TLS settings need a rediss:// redis_url or redis_cluster",
+            ));
+        }
         let cluster = redis.as_ref().is_some_and(|r| r.cluster.is_some());
         if self.cluster_bus.is_some() && !cluster {
             return Err(Error::config(
@@ -705,38 +733,27 @@ pub(crate) struct RedisTarget {
     pub(crate) db: i64,
     /// The seed nodes of a Redis Cluster (`client` is the first); `None`: one server.
     pub(crate) cluster: Option<Vec<redis::Client>>,
+    /// The TLS settings the clients were built with (a cluster client needs them again for
+    /// the nodes it discovers).
+    pub(crate) tls: TlsSettings,
 }
 
 impl RedisTarget {
-    fn parse(url: String) -> Result<Self> {
-        let client = redis::Client::open(url.as_str()).map_err(|e| {
-            // The URL may carry a password: report only what redis-rs says about its shape.
-            Error::config(
-                "redis_url",
-                format!("not a usable Redis URL ({})", e.kind_str()),
-            )
-        })?;
+    fn parse(url: String, tls: &TlsSettings) -> Result<Self> {
+        let client = open_client(&url, "redis_url", tls)?;
         Ok(RedisTarget {
             addr: redacted_addr(&url),
             db: client.get_connection_info().redis_settings().db(),
             client,
             cluster: None,
+            tls: tls.clone(),
         })
     }
 
-    fn cluster(seeds: Vec<String>) -> Result<Self> {
+    fn cluster(seeds: Vec<String>, tls: &TlsSettings) -> Result<Self> {
         let mut clients = Vec::new();
         for url in &seeds {
-            let client = redis::Client::open(url.as_str()).map_err(|e| {
-                Error::config(
-                    "redis_cluster",
-                    format!(
-                        "{} is not a usable Redis URL ({})",
-                        redacted_addr(url),
-                        e.kind_str()
-                    ),
-                )
-            })?;
+            let client = open_client(url, "redis_cluster", tls)?;
             if client.get_connection_info().redis_settings().db() != 0 {
                 return Err(Error::config(
                     "redis_cluster",
@@ -759,7 +776,116 @@ impl RedisTarget {
             db: 0,
             client: first,
             cluster: Some(clients),
+            tls: tls.clone(),
         })
+    }
+}
+
+/// TLS settings for `rediss://` URLs (see [`Builder::tls_ca_pem`]).
+#[derive(Clone, Default)]
+pub(crate) struct TlsSettings {
+    ca: Option<Vec<u8>>,
+    /// Certificate and private key, PEM.
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsSettings {
+    fn is_set(&self) -> bool {
+        self.ca.is_some() || self.client.is_some()
+    }
+
+    /// redis-rs's form of the settings, when any is set.
+    #[cfg(feature = "tls")]
+    pub(crate) fn certificates(&self) -> Option<redis::TlsCertificates> {
+        if !self.is_set() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.ca.clone(),
+        })
+    }
+}
+
+impl TlsSettings {
+    /// A cluster client builder with these settings (for the nodes it discovers: the seeds'
+    /// clients carry them already).
+    pub(crate) fn apply(
+        &self,
+        builder: redis::cluster::ClusterClientBuilder,
+    ) -> redis::cluster::ClusterClientBuilder {
+        #[cfg(feature = "tls")]
+        if let Some(certs) = self.certificates() {
+            return builder.certs(certs);
+        }
+        builder
+    }
+}
+
+/// A client for `url` (the option `field`), with the TLS settings for a `rediss://` URL.
+fn open_client(url: &str, field: &'static str, tls: &TlsSettings) -> Result<redis::Client> {
+    // The URL may carry a password: report only what redis-rs says about its shape.
+    let unusable = |e: redis::RedisError| {
+        Error::config(
+            field,
+            format!(
+                "{} is not a usable Redis URL ({})",
+                redacted_addr(url),
+                e.kind_str()
+            ),
+        )
+    };
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    let secure = scheme.eq_ignore_ascii_case("rediss");
+    if !secure {
+        if tls.is_set() {
+            return Err(Error::config(
+                "tls_ca",
+                format!(
+                    "TLS settings are given but {} is not a rediss:// URL",
+                    redacted_addr(url)
+                ),
+            ));
+        }
+        return redis::Client::open(url).map_err(unusable);
+    }
+    if url.contains("#insecure") {
+        return Err(Error::config(
+            field,
+            "`#insecure` (TLS without certificate checks) is not supported: give the server's CA with tls_ca_pem",
+        ));
+    }
+    #[cfg(feature = "tls")]
+    {
+        // rustls needs a process-wide crypto provider; another part of the program may have
+        // installed one already (then that one is used).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        match tls.certificates() {
+            Some(certs) => redis::Client::build_with_tls(url, certs).map_err(|e| {
+                Error::config(
+                    "tls_ca",
+                    format!(
+                        "the TLS settings for {} are not usable: {}",
+                        redacted_addr(url),
+                        crate::l2::describe(&e)
+                    ),
+                )
+            }),
+            None => redis::Client::open(url).map_err(unusable),
+        }
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        Err(Error::config(
+            field,
+            "rediss:// (TLS) needs the `tls` feature of tiered",
+        ))
     }
 }
 

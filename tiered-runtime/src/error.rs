@@ -33,6 +33,16 @@ pub enum Error {
         /// What the server said (never the password).
         detail: String,
     },
+    /// The TLS handshake with Redis failed (an unknown certificate authority, a certificate
+    /// for another host name, a refused client certificate): a configuration error, the
+    /// runtime does not start.
+    #[error("TLS with Redis at {addr} failed: {detail}")]
+    Tls {
+        /// `host:port` of the server.
+        addr: String,
+        /// The cause, as the TLS library reports it.
+        detail: String,
+    },
     /// An L2 operation failed (connection error, server error).
     #[error("L2 operation `{op}` failed: {detail}")]
     L2 {

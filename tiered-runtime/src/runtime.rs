@@ -160,6 +160,7 @@ impl Runtime {
                         .iter()
                         .map(|c| c.get_connection_info().clone())
                         .collect(),
+                    target.tls.clone(),
                 )
             }
             Some(seeds) => bus::Nodes::Classic(resp3_clients(seeds, field)?),

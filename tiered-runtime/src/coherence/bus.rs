@@ -220,7 +220,7 @@ pub(crate) enum Nodes {
     /// Sharded Pub/Sub on a cluster: each subscription builds a cluster client from these seed
     /// nodes (a fresh topology), which sends the `SSUBSCRIBE` to the master of the channel's
     /// slot.
-    Sharded(Vec<redis::ConnectionInfo>),
+    Sharded(Vec<redis::ConnectionInfo>, crate::config::TlsSettings),
 }
 
 impl Nodes {
@@ -228,7 +228,7 @@ impl Nodes {
     pub(crate) fn command(&self) -> &'static str {
         match self {
             Nodes::Classic(_) => "SUBSCRIBE",
-            Nodes::Sharded(_) => "SSUBSCRIBE",
+            Nodes::Sharded(..) => "SSUBSCRIBE",
         }
     }
 }
@@ -274,8 +274,9 @@ pub(crate) async fn subscribe(
                 conn.subscribe(channel).await?;
                 Ok(Conn::Node(conn))
             }
-            Nodes::Sharded(seeds) => {
-                let client = ClusterClientBuilder::new(seeds.clone())
+            Nodes::Sharded(seeds, tls) => {
+                let client = tls
+                    .apply(ClusterClientBuilder::new(seeds.clone()))
                     .use_protocol(redis::ProtocolVersion::RESP3)
                     .push_sender(queue)
                     .connection_timeout(timeout)

@@ -81,7 +81,9 @@ impl Cluster {
             .map(|c| c.get_connection_info().clone())
             .collect();
         let builder = || {
-            ClusterClientBuilder::new(seeds.clone())
+            target
+                .tls
+                .apply(ClusterClientBuilder::new(seeds.clone()))
                 .connection_timeout(config.connect_timeout)
                 // Our own time box is authoritative; this only frees the client's slots.
                 .response_timeout(config.l2_timeout * 2)
@@ -150,6 +152,12 @@ impl Cluster {
                 return Err(Error::Auth {
                     addr: cluster.addr.clone(),
                     detail: describe(&e),
+                });
+            }
+            Err(e) if super::is_tls_failure(&e) => {
+                return Err(Error::Tls {
+                    addr: cluster.addr.clone(),
+                    detail: super::tls_detail(&e),
                 });
             }
             Err(e) => tracing::warn!(

@@ -130,6 +130,35 @@ pub(crate) fn is_auth(e: &redis::RedisError) -> bool {
         .any(|c| matches!(c.as_str(), "WRONGPASS" | "NOAUTH" | "NOPERM"))
 }
 
+/// A failed TLS handshake (an unknown certificate authority, a certificate for another name,
+/// a refused client certificate, a server that does not speak TLS): a configuration error at
+/// start-up, not an unreachable server.
+pub(crate) fn is_tls_failure(e: &redis::RedisError) -> bool {
+    if !e.is_io_error() {
+        return false;
+    }
+    let text = tls_detail(e).to_ascii_lowercase();
+    [
+        "certificate",
+        "handshake",
+        "unknownissuer",
+        "notvalidforname",
+        "corrupt message",
+        "alert",
+        "tls",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+}
+
+/// What a failed TLS handshake says (rustls's words: `invalid peer certificate: UnknownIssuer`,
+/// `received fatal alert: CertificateRequired` …; they never hold a password).
+pub(crate) fn tls_detail(e: &redis::RedisError) -> String {
+    e.detail()
+        .map(str::to_owned)
+        .unwrap_or_else(|| e.to_string())
+}
+
 /// A command refused because Redis takes no writes now (`OOM`, `READONLY`): the link is fine,
 /// and reads still work.
 fn is_write_refused(e: &redis::RedisError) -> bool {

@@ -106,6 +106,12 @@ impl Single {
                     detail: describe(&e),
                 });
             }
+            Err(e) if super::is_tls_failure(&e) => {
+                return Err(Error::Tls {
+                    addr: single.addr.clone(),
+                    detail: super::tls_detail(&e),
+                });
+            }
             Err(e) => tracing::warn!(
                 redis = %single.addr,
                 error = %describe(&e),
