@@ -251,3 +251,132 @@ fn scenario_16_acl_changes_while_running_fail_closed() {
         logs.assert_absent("rotated-pw");
     });
 }
+
+/// Scenario 15: a unique password (a canary) in every URL, and every error path the test can
+/// drive: unusable URLs, a wrong password, an unreachable port, a cluster seed that is no
+/// cluster, a server frozen (timeouts), killed (reconnect and resubscribe loops) and back with
+/// another password (refused credentials, in a loop). Every event logged at any level (TRACE
+/// included), every error's `Display` and `Debug`, and the `Debug` of the builder, the
+/// configuration, the runtime and its stats are searched for the canary: it is never there.
+/// (TLS failures are covered by `tests/tls`.)
+#[test]
+fn scenario_15_the_password_never_reaches_logs_errors_or_debug_output() {
+    let logs = Logs::new();
+    logs.block_on(2, async {
+        let canary = "S3cr3t-canary-15";
+        let mut redis = RedisServer::start_with(&["--requirepass", canary]);
+        let port = redis.port();
+        let good = format!("redis://:{canary}@127.0.0.1:{port}/");
+        let mut texts: Vec<String> = Vec::new();
+        fn error(texts: &mut Vec<String>, what: &str, e: tiered::Error) {
+            println!("scenario 15: {what}: {e}");
+            texts.push(e.to_string());
+            texts.push(format!("{e:?}"));
+        }
+        let builder = || {
+            Runtime::builder()
+                .namespace("s15")
+                .redis_url(good.as_str())
+                .l2_timeout(Duration::from_millis(100))
+                .connect_timeout(Duration::from_millis(300))
+        };
+        // Unusable URLs and a wrong password: errors from build().
+        for url in [
+            format!("redis://:{canary}@127.0.0.1:notaport/"),
+            format!("redis://user:{canary}@[::1/"),
+            format!("http://:{canary}@127.0.0.1:{port}/"),
+            format!("redis://:{canary}-wrong@127.0.0.1:{port}/"),
+        ] {
+            match bounded("build", Runtime::builder().redis_url(url.as_str()).build()).await {
+                Err(e) => error(&mut texts, "build", e),
+                Ok(_) => panic!("built with an unusable URL or a wrong password"),
+            }
+        }
+        match bounded(
+            "build",
+            Runtime::builder()
+                .redis_cluster([good.as_str()])
+                .connect_timeout(Duration::from_millis(300))
+                .build(),
+        )
+        .await
+        {
+            Err(e) => error(&mut texts, "a plain server as a cluster seed", e),
+            Ok(rt) => texts.push(format!("{rt:?}")),
+        }
+        // An unreachable port: a degraded start, logged.
+        let nowhere = RedisServer::reserve_port();
+        let unreachable = bounded(
+            "build",
+            Runtime::builder()
+                .redis_url(format!("redis://:{canary}@127.0.0.1:{nowhere}/"))
+                .connect_timeout(Duration::from_millis(200))
+                .build(),
+        )
+        .await
+        .expect("a degraded start");
+        // A working runtime through timeouts, a kill, and a password change.
+        let b = builder();
+        texts.push(format!("{b:?}"));
+        texts.push(format!("{:?}", b.clone().validate().expect("valid")));
+        let rt = bounded("build", b.build()).await.expect("runtime");
+        texts.push(format!("{rt:?}"));
+        for id in 0..10 {
+            assert_eq!(item(&rt, "s", id).await, format!("s/{id}"));
+        }
+        redis.freeze();
+        for id in 10..15 {
+            assert_eq!(item(&rt, "s", id).await, format!("s/{id}"));
+        }
+        if let Err(e) = rt.invalidate(&ITEM, &[&1u64]).await {
+            error(&mut texts, "invalidate while frozen", e);
+        }
+        redis.thaw();
+        tokio::task::block_in_place(|| redis.kill());
+        for id in 15..20 {
+            assert_eq!(item(&rt, "s", id).await, format!("s/{id}"));
+        }
+        if let Err(e) = rt.invalidate(&ITEM, &[&2u64]).await {
+            error(&mut texts, "invalidate while killed", e);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::task::block_in_place(|| redis.restart());
+        wait_until("reconnected", || rt.stats().l2_connected && rt.stats().subscribed).await;
+        // Another password: every reconnection is refused.
+        redis.cmd::<()>(&[b"CONFIG", b"SET", b"requirepass", b"another-password"]);
+        {
+            let mut admin = redis::Client::open(format!(
+                "redis://:another-password@127.0.0.1:{port}/"
+            ))
+            .and_then(|c| c.get_connection())
+            .expect("admin connection");
+            for kind in ["pubsub", "normal"] {
+                let _: redis::RedisResult<i64> = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg(kind)
+                    .arg("SKIPME")
+                    .arg("yes")
+                    .query(&mut admin);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for id in 20..25 {
+            assert_eq!(item(&rt, "s", id).await, format!("s/{id}"));
+        }
+        texts.push(format!("{:?}", rt.stats()));
+        texts.push(format!("{:?}", unreachable.stats()));
+        texts.push(format!("{:?}", rt.config()));
+        let events = logs.events();
+        let leaks: Vec<&String> = texts.iter().filter(|t| t.contains(canary)).collect();
+        println!(
+            "scenario 15: {} log events captured (all levels), {} error and Debug texts searched; canary found in {} of them",
+            events.len(),
+            texts.len(),
+            leaks.len() + logs.containing(canary).len()
+        );
+        assert!(leaks.is_empty(), "the password in: {leaks:?}");
+        logs.assert_absent(canary);
+        assert!(!events.is_empty(), "the error paths logged something");
+    });
+}
