@@ -169,6 +169,7 @@ impl Runtime {
                 Role::Leader(guard) => break guard,
                 Role::Follower(rx) => {
                     Counters::bump(&c.coalesced_waits);
+                    outcome("coalesced");
                     // A follower keeps its own hard timeout (the leader's stale value, if
                     // any, reaches it at the leader's soft timeout).
                     let shared = match (hard, error) {
@@ -220,6 +221,7 @@ impl Runtime {
         // A previous flight may have filled L1 between our lookup and `enter`.
         if let Some((v, _)) = l1.and_then(|l1| l1.get(digest)) {
             Counters::bump(&c.l1_hits);
+            outcome("l1");
             guard.complete(|| Shared::Value(Arc::new(v.clone())), || {});
             return Begin::Done(K::from_value(v));
         }
@@ -260,6 +262,7 @@ impl Runtime {
                     ..
                 } => {
                     Counters::bump(&c.l2_hits);
+                    outcome("l2");
                     #[cfg(feature = "test-hooks")]
                     inner.local.hooks.promotion.pass().await;
                     // A value whose expiry its writer did not record (an older wire) is served
@@ -296,6 +299,7 @@ impl Runtime {
                         // Another instance is recomputing it: its stale value meanwhile.
                         Ok(false) if fail_safe.is_some() => {
                             Counters::bump(&c.stale_served);
+                            outcome("stale");
                             guard.complete(|| Shared::Value(Arc::new(value.clone())), || {});
                             return Begin::Done(K::from_value(value));
                         }
@@ -779,6 +783,7 @@ impl Runtime {
     ) -> K::Output {
         let c = self.table().site(site);
         Counters::bump(&c.stale_served);
+        outcome("stale");
         let throttle = self.inner.config.fail_safe_throttle.min(stale.kept);
         let l2 = self
             .inner
@@ -873,6 +878,7 @@ impl<K: ReturnKind> Timers<K> {
         });
         if let Some(v) = &self.stale {
             Counters::bump(&c.stale_served);
+            outcome("stale");
             if let Some(a) = &self.announcer {
                 a.announce(|| Shared::Value(Arc::new(v.clone())));
             }
@@ -950,4 +956,11 @@ impl<F: Future> Future for CatchUnwind<F> {
             Err(panic) => Poll::Ready(Err(panic)),
         }
     }
+}
+
+/// Records how the current call was answered on its `tiered.call` span (the current span
+/// inside a memoized call); a later record replaces an earlier one (`miss`, then `stale`).
+#[inline]
+pub(crate) fn outcome(o: &'static str) {
+    tracing::Span::current().record("outcome", o);
 }

@@ -336,23 +336,39 @@ impl<K: ReturnKind> Prepared<K> {
         } = self;
         async move {
             match lookup {
-                Lookup::Hit(v) | Lookup::Refresh(v, ..) => K::from_value(v),
+                Lookup::Hit(v) | Lookup::Refresh(v, ..) => {
+                    l1_hit_span(site);
+                    K::from_value(v)
+                }
                 // Boxed: the slow path's state machine is large (about 1 KiB), and kept inline
                 // it would make every L1 hit create and move that much memory.
                 Lookup::Miss(rt, key) => {
-                    Box::pin(async move {
-                        match rt.begin(kind, site, key, error).await {
-                            Begin::Done(out) | Begin::DoneRefresh(out, _) => out,
-                            Begin::Body => body().await,
-                            Begin::Lead(plan) => {
-                                let timers = plan.timers();
-                                timers.inline(plan.finish(body())).await
+                    Box::pin(
+                        async move {
+                            match rt.begin(kind, site, key, error).await {
+                                Begin::Done(out) | Begin::DoneRefresh(out, _) => out,
+                                Begin::Body => {
+                                    crate::flight::outcome("miss");
+                                    body().instrument(body_span(site)).await
+                                }
+                                Begin::Lead(plan) => {
+                                    crate::flight::outcome("miss");
+                                    let timers = plan.timers();
+                                    timers
+                                        .inline(plan.finish(body().instrument(body_span(site))))
+                                        .await
+                                }
                             }
                         }
-                    })
+                        .instrument(call_span(site)),
+                    )
                     .await
                 }
-                Lookup::Bypass => Box::pin(body()).await,
+                Lookup::Bypass => {
+                    let span = call_span(site);
+                    span.record("outcome", "bypass");
+                    Box::pin(body().instrument(span)).await
+                }
             }
         }
     }
@@ -377,42 +393,92 @@ impl<K: ReturnKind> Prepared<K> {
         } = self;
         async move {
             match lookup {
-                Lookup::Hit(v) => K::from_value(v),
+                Lookup::Hit(v) => {
+                    l1_hit_span(site);
+                    K::from_value(v)
+                }
                 Lookup::Refresh(v, rt, key) => {
+                    l1_hit_span(site);
                     rt.spawn_refresh(kind, site, key, body);
                     K::from_value(v)
                 }
                 Lookup::Miss(rt, key) => {
-                    Box::pin(async move {
-                        match rt.begin(kind, site, key.clone(), error).await {
-                            Begin::Done(out) => out,
-                            Begin::DoneRefresh(out, kind) => {
-                                rt.spawn_refresh(kind, site, key, body);
-                                out
-                            }
-                            Begin::Body => body().await,
-                            Begin::Lead(plan) => {
-                                let timers = plan.timers();
-                                if timers.armed()
-                                    && let Ok(handle) = tokio::runtime::Handle::try_current()
-                                {
-                                    let rt = plan.rt.clone();
-                                    let task = rt.scope(plan.finish(body()));
-                                    let task =
-                                        handle.spawn(task.instrument(tracing::Span::current()));
-                                    timers.detached(task).await
-                                } else {
-                                    timers.inline(plan.finish(body())).await
+                    Box::pin(
+                        async move {
+                            match rt.begin(kind, site, key.clone(), error).await {
+                                Begin::Done(out) => out,
+                                Begin::DoneRefresh(out, kind) => {
+                                    rt.spawn_refresh(kind, site, key, body);
+                                    out
+                                }
+                                Begin::Body => {
+                                    crate::flight::outcome("miss");
+                                    body().instrument(body_span(site)).await
+                                }
+                                Begin::Lead(plan) => {
+                                    crate::flight::outcome("miss");
+                                    let timers = plan.timers();
+                                    let body = body().instrument(body_span(site));
+                                    if timers.armed()
+                                        && let Ok(handle) = tokio::runtime::Handle::try_current()
+                                    {
+                                        let rt = plan.rt.clone();
+                                        let task = rt.scope(plan.finish(body));
+                                        let task =
+                                            handle.spawn(task.instrument(tracing::Span::current()));
+                                        timers.detached(task).await
+                                    } else {
+                                        timers.inline(plan.finish(body)).await
+                                    }
                                 }
                             }
                         }
-                    })
+                        .instrument(call_span(site)),
+                    )
                     .await
                 }
-                Lookup::Bypass => Box::pin(body()).await,
+                Lookup::Bypass => {
+                    let span = call_span(site);
+                    span.record("outcome", "bypass");
+                    Box::pin(body().instrument(span)).await
+                }
             }
         }
     }
+}
+
+/// Counts a flight's L2 reads; records them on the current span (the call's) when dropped.
+struct RoundTrips(u32);
+
+impl Drop for RoundTrips {
+    fn drop(&mut self) {
+        tracing::Span::current().record("l2_round_trips", self.0);
+    }
+}
+
+/// The span of one memoized call (INFO, `tiered.call`): the function, how the call was
+/// answered (`outcome`: `l1`, `l2`, `miss`, `coalesced`, `stale` or `bypass`, recorded once
+/// known) and the L2 read round trips it took. Never an argument, a key or a value.
+#[inline]
+fn call_span(site: &'static Site) -> tracing::Span {
+    tracing::info_span!(
+        "tiered.call",
+        site = site.name(),
+        outcome = tracing::field::Empty,
+        l2_round_trips = tracing::field::Empty
+    )
+}
+
+/// An L1 hit's `tiered.call` span, opened and closed at once. Without a subscriber that wants
+/// it, one check of a cached interest: no allocation.
+#[inline]
+fn l1_hit_span(site: &'static Site) {
+    let _span = tracing::info_span!("tiered.call", site = site.name(), outcome = "l1");
+}
+
+/// The span of a body's run (DEBUG, `tiered.body`), a child of its call's.
+fn body_span(site: &'static Site) -> tracing::Span {
+    tracing::debug_span!("tiered.body", site = site.name())
 }
 
 impl Runtime {
@@ -570,6 +636,7 @@ impl Runtime {
             Some(_) => {
                 Counters::bump(&c.l2_hits);
                 Counters::bump(&c.replica_hits);
+                crate::flight::outcome("l2");
             }
             None => Counters::bump(&c.replica_fallbacks),
         }
@@ -609,6 +676,8 @@ impl Runtime {
         // `PTTL`, in the same round trip) only once a lease has been seen, so that a hit is
         // one command.
         let mut with_pttl = false;
+        // The read round trips of this flight, on its call's span when the read ends.
+        let mut trips = RoundTrips(0);
         loop {
             let known = self.known_generations(site);
             // Armed before the request leaves: whatever happens to it, a lease that may have
@@ -623,6 +692,7 @@ impl Runtime {
                 gen_key = generations::key(&cfg.namespace);
             }
             let ask = known.is_err().then_some((gen_key.as_str(), site.name()));
+            trips.0 += 1;
             let reply = match l2
                 .read(key.as_str(), lease.bytes(), cfg.lease_ttl, with_pttl, ask)
                 .await

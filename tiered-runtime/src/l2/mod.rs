@@ -911,6 +911,8 @@ impl L2 {
             Admission::Pass => None,
             Admission::Probe(p) => Some(p),
         };
+        // A child span of the call's (TRACE, `tiered.l2`): one per request.
+        let op = tracing::Instrument::instrument(op, tracing::trace_span!("tiered.l2"));
         let result = match tokio::time::timeout(self.timeout, op).await {
             Err(_) => Err(L2Error::Timeout),
             Ok(r) => r,
