@@ -380,3 +380,33 @@ fn scenario_15_the_password_never_reaches_logs_errors_or_debug_output() {
         assert!(!events.is_empty(), "the error paths logged something");
     });
 }
+
+/// Scenario 16 (a), fail closed: with the `default` user open (no password, every permission:
+/// Redis's out-of-the-box setup, where a failed `AUTH` leaves a connection logged in as
+/// `default`), a wrong password for a named user is `Error::Auth` from `build()`, not a runtime
+/// that carries on as `default`; and with the `default` user disabled too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_16_a_wrong_password_never_falls_back_to_the_default_user() {
+    let redis = RedisServer::start();
+    let _ = tenant_user(&redis, "svc", "fc", 0);
+    let wrong = format!("redis://svc:not-the-password@127.0.0.1:{}/", redis.port());
+    for variant in ["default user open", "default user disabled"] {
+        if variant == "default user disabled" {
+            redis.cmd::<()>(&[b"ACL", b"SETUSER", b"default", b"off"]);
+        }
+        match bounded(
+            "build",
+            Runtime::builder()
+                .namespace("fc")
+                .redis_url(wrong.as_str())
+                .build(),
+        )
+        .await
+        {
+            Err(tiered::Error::Auth { detail, .. }) => {
+                println!("scenario 16 ({variant}): refused at build(): {detail}");
+            }
+            other => panic!("{variant}: expected Error::Auth, got {other:?}"),
+        }
+    }
+}

@@ -250,6 +250,25 @@ fn scenario_17_a_wrong_ca_or_host_name_is_a_build_error() {
             }
             other => panic!("#insecure: expected a configuration error, got {other:?}"),
         }
+        // TLS settings for a plaintext URL.
+        match build(
+            Runtime::builder()
+                .redis_url(format!("redis://:{canary}@localhost:{port}/"))
+                .tls_ca_pem(pki.ca.as_bytes()),
+        )
+        .await
+        {
+            Err(
+                e @ Error::Config {
+                    field: "tls_ca", ..
+                },
+            ) => {
+                assert!(!format!("{e} {e:?}").contains(canary));
+            }
+            other => {
+                panic!("TLS settings on redis://: expected a configuration error, got {other:?}")
+            }
+        }
         // A plaintext client on the TLS port.
         let t = Instant::now();
         let plain = build(
