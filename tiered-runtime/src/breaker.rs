@@ -105,6 +105,15 @@ impl Breaker {
         !matches!(*self.lock(), State::Closed { .. })
     }
 
+    /// Whether the breaker is open now (L2 skipped), for the `tiered_l2_breakers_open` gauge.
+    pub(crate) fn is_open(&self) -> bool {
+        if self.healthy.load(Ordering::Acquire) {
+            return false;
+        }
+        let state = *self.state.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(state, State::Open { until } if Instant::now() < until)
+    }
+
     /// A passing operation succeeded.
     pub(crate) fn success(&self) -> Transitioned {
         if self.healthy.load(Ordering::Acquire) {

@@ -118,6 +118,8 @@ pub mod private;
 mod runtime;
 mod site;
 mod stats;
+#[cfg(feature = "metrics")]
+mod telemetry;
 
 pub use config::{
     Builder, ClusterBus, Config, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD,

@@ -349,14 +349,13 @@ impl<K: ReturnKind> Prepared<K> {
                                 Begin::Done(out) | Begin::DoneRefresh(out, _) => out,
                                 Begin::Body => {
                                     crate::flight::outcome("miss");
-                                    body().instrument(body_span(site)).await
+                                    timed(&rt, site, body()).instrument(body_span(site)).await
                                 }
                                 Begin::Lead(plan) => {
                                     crate::flight::outcome("miss");
                                     let timers = plan.timers();
-                                    timers
-                                        .inline(plan.finish(body().instrument(body_span(site))))
-                                        .await
+                                    let body = timed(&rt, site, body()).instrument(body_span(site));
+                                    timers.inline(plan.finish(body)).await
                                 }
                             }
                         }
@@ -413,12 +412,12 @@ impl<K: ReturnKind> Prepared<K> {
                                 }
                                 Begin::Body => {
                                     crate::flight::outcome("miss");
-                                    body().instrument(body_span(site)).await
+                                    timed(&rt, site, body()).instrument(body_span(site)).await
                                 }
                                 Begin::Lead(plan) => {
                                     crate::flight::outcome("miss");
                                     let timers = plan.timers();
-                                    let body = body().instrument(body_span(site));
+                                    let body = timed(&rt, site, body()).instrument(body_span(site));
                                     if timers.armed()
                                         && let Ok(handle) = tokio::runtime::Handle::try_current()
                                     {
@@ -474,6 +473,29 @@ fn call_span(site: &'static Site) -> tracing::Span {
 #[inline]
 fn l1_hit_span(site: &'static Site) {
     let _span = tracing::info_span!("tiered.call", site = site.name(), outcome = "l1");
+}
+
+/// A body's future, its run time recorded in `tiered_body_seconds` (feature `metrics`).
+#[cfg(feature = "metrics")]
+fn timed<Fut: Future>(
+    rt: &Runtime,
+    site: &'static Site,
+    body: Fut,
+) -> impl Future<Output = Fut::Output> + use<Fut> {
+    let namespace = rt.config().namespace().to_owned();
+    async move {
+        let started = std::time::Instant::now();
+        let out = body.await;
+        crate::telemetry::body_seconds(&namespace, site.name(), started.elapsed());
+        out
+    }
+}
+
+/// A body's future as it is (without the feature `metrics`).
+#[cfg(not(feature = "metrics"))]
+#[inline]
+fn timed<Fut: Future>(_: &Runtime, _: &'static Site, body: Fut) -> Fut {
+    body
 }
 
 /// The span of a body's run (DEBUG, `tiered.body`), a child of its call's.

@@ -245,7 +245,7 @@ impl Runtime {
         janitor: Option<Janitor>,
         writer: Option<crate::background::Writer>,
     ) -> Runtime {
-        Runtime {
+        let rt = Runtime {
             inner: Arc::new(Inner {
                 config,
                 l2,
@@ -255,7 +255,18 @@ impl Runtime {
                 writer,
                 closing: std::sync::atomic::AtomicBool::new(false),
             }),
-        }
+        };
+        #[cfg(feature = "metrics")]
+        crate::telemetry::spawn_exporter(&rt);
+        rt
+    }
+
+    /// Hands this runtime's counters and gauges to the installed `metrics` recorder now (they
+    /// are also handed over every second by a task of the runtime): call it before rendering
+    /// a scrape for figures of this instant. Feature `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn export_metrics(&self) {
+        crate::telemetry::export(self);
     }
 
     /// The per-site table of this runtime (counters, L1s).
@@ -351,6 +362,7 @@ impl Runtime {
             l2_configured: self.inner.l2.is_some(),
             l2_connected: self.inner.l2.as_ref().is_some_and(|l2| l2.is_connected()),
             subscribed: self.inner.bus.as_ref().is_some_and(|b| b.is_up()),
+            l2_breakers_open: self.inner.l2.as_ref().map_or(0, |l2| l2.open_breakers()),
             bus_queue_peak: self.inner.bus.as_ref().map_or(0, |b| b.queue_peak()),
             bus_origins: self.inner.bus.as_ref().map_or(0, |b| b.origins()),
         }

@@ -198,6 +198,9 @@ pub struct Stats {
     pub l2_connected: bool,
     /// Whether the invalidation subscription is up right now (always `false` without Redis).
     pub subscribed: bool,
+    /// Circuit breakers open right now (one server: 0 or 1; a cluster: one per master, and
+    /// the replica reads' own).
+    pub l2_breakers_open: usize,
     /// Largest number of received invalidations that waited in the handler queue.
     pub bus_queue_peak: usize,
     /// Other instances this one hears on the invalidation bus right now (their messages or
@@ -293,6 +296,8 @@ pub(crate) struct SiteTable {
     pub(crate) digester: Digester,
     /// The first site seen with each template shape (cold path: first use of a site).
     shapes: Mutex<HashMap<String, &'static str>>,
+    /// The runtime's namespace (a label of its metrics).
+    namespace: String,
 }
 
 impl SiteTable {
@@ -303,7 +308,13 @@ impl SiteTable {
             overflow: Slot::default(),
             runtime: Counters::default(),
             shapes: Mutex::new(HashMap::new()),
+            namespace: namespace.to_owned(),
         }
+    }
+
+    /// The runtime's namespace.
+    pub(crate) fn namespace(&self) -> &str {
+        &self.namespace
     }
 
     /// Counters not tied to one site (breaker, connection, flushes).

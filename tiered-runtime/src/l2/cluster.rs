@@ -232,6 +232,18 @@ impl Cluster {
         Some((conn, self.replica_breaker.clone(), host, port))
     }
 
+    /// Breakers open now (the masters' and the replicas').
+    pub(crate) fn open_breakers(&self) -> usize {
+        let masters = self
+            .breakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|b| b.is_open())
+            .count();
+        masters + usize::from(self.replica_breaker.is_open())
+    }
+
     /// Whether `replica_reads` is on.
     pub(crate) fn replica_reads(&self) -> bool {
         self.replicas.is_some()

@@ -894,6 +894,15 @@ impl L2 {
         self.guarded(&breaker, read).await
     }
 
+    /// Circuit breakers open now (one server: 0 or 1; a cluster: per master, and the
+    /// replicas').
+    pub(crate) fn open_breakers(&self) -> usize {
+        match &self.backend {
+            Backend::Single(_) => usize::from(self.breaker.is_open()),
+            Backend::Cluster(c) => c.open_breakers(),
+        }
+    }
+
     /// Whether reads try a replica first (`replica_reads` on a cluster).
     pub(crate) fn replica_reads(&self) -> bool {
         matches!(&self.backend, Backend::Cluster(c) if c.replica_reads())
@@ -913,10 +922,15 @@ impl L2 {
         };
         // A child span of the call's (TRACE, `tiered.l2`): one per request.
         let op = tracing::Instrument::instrument(op, tracing::trace_span!("tiered.l2"));
+        #[cfg(feature = "metrics")]
+        let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, op).await {
             Err(_) => Err(L2Error::Timeout),
             Ok(r) => r,
         };
+        #[cfg(feature = "metrics")]
+        metrics::histogram!("tiered_l2_request_seconds", "namespace" => self.stats.namespace().to_owned())
+            .record(started.elapsed().as_secs_f64());
         let link_ok = match &result {
             Ok(_) => Some(true),
             Err(L2Error::Timeout) => Some(false),
