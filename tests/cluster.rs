@@ -854,6 +854,11 @@ async fn scenario_31_a_dead_master_without_replicas_opens_only_its_breaker() {
     );
     assert!(s.l2_skips > 0, "the dead master's breaker opened");
     assert_eq!(
+        a.stats().l2_breakers_open,
+        1,
+        "one breaker open (its 5 s cooldown runs)"
+    );
+    assert_eq!(
         live_hits, live_calls,
         "the other masters' keys stayed L2 hits"
     );

@@ -127,6 +127,14 @@ fn spans_named(r: &Recorder, name: &str, site: &str) -> Vec<Closed> {
 }
 
 static PLAIN: Site = Site::new("spans::plain", "plain:<id>", SiteOptions::DEFAULT);
+static KEYED: Site = Site::new(
+    "spans::keyed",
+    "keyed:<id>",
+    SiteOptions {
+        trace_keys: true,
+        ..SiteOptions::DEFAULT
+    },
+);
 static BYPASS: Site = Site::new("spans::bypass", "bypass:<id>", SiteOptions::DEFAULT);
 
 async fn plain(rt: &Runtime, id: u64) -> u64 {
@@ -137,6 +145,11 @@ async fn plain(rt: &Runtime, id: u64) -> u64 {
 #[tiered_cache(key = "slow:<id>", ttl = "60s")]
 async fn slow(id: u64) -> u64 {
     tokio::time::sleep(Duration::from_millis(100)).await;
+    id
+}
+
+#[tiered_cache(key = "mk:<id>", ttl = "60s", trace_keys = true)]
+async fn macro_keyed(id: u64) -> u64 {
     id
 }
 
@@ -217,10 +230,37 @@ async fn one_call_span_per_call_with_its_outcome() {
         outcomes(&r, "spans::fs"),
         outcomes(&r, "spans::bypass")
     );
-    // No span carries an argument, a key or a value.
+    // No span carries an argument, a key or a value, but for a function that opted in
+    // (`trace_keys`), whose call spans carry the key, on a miss and on an L1 hit.
     for s in r.closed.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         for v in s.fields.values() {
             assert!(!v.contains("plain:") && !v.contains("<1>"), "{s:?}");
         }
+    }
+    for _ in 0..2 {
+        let v = a
+            .scope(async { memoize::<Plain<u64>, _, _>(&KEYED, &[&9u64], || async { 9 }).await })
+            .await;
+        assert_eq!(v, 9);
+    }
+    let keyed = spans_named(&r, "tiered.call", "spans::keyed");
+    let keys: Vec<(Option<&String>, Option<&String>)> = keyed
+        .iter()
+        .map(|s| (s.fields.get("outcome"), s.fields.get("key")))
+        .collect();
+    println!("spans: trace_keys: {keys:?}");
+    assert_eq!(keyed.len(), 2);
+    assert_eq!(a.scope(macro_keyed(4)).await, 4);
+    let by_macro = spans_named(&r, "tiered.call", "spans::macro_keyed");
+    assert_eq!(
+        by_macro[0].fields.get("key").map(String::as_str),
+        Some("spans:mk:<4>"),
+        "the attribute `trace_keys = true`"
+    );
+    for s in &keyed {
+        assert_eq!(
+            s.fields.get("key").map(String::as_str),
+            Some("spans:keyed:<9>")
+        );
     }
 }

@@ -43,6 +43,8 @@ pub(crate) struct Options {
     pub(crate) background_writes: Option<bool>,
     /// `detach = false`: the body always runs inside the caller's future.
     pub(crate) detach: bool,
+    /// `trace_keys = true`: the key on the call's span.
+    pub(crate) trace_keys: bool,
     pub(crate) returns: Option<(Returns, Span)>,
     /// The `Self` type as written, passed down by `#[tiered_cache]` on the enclosing `impl`.
     pub(crate) self_type: Option<String>,
@@ -59,7 +61,7 @@ impl Options {
     }
 }
 
-const KNOWN: &str = "`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`, `jitter`, `fail_safe`, `soft_timeout`, `hard_timeout`, `refresh_ahead`, `background_writes`, `detach`, `returns`, `crate`";
+const KNOWN: &str = "`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`, `jitter`, `fail_safe`, `soft_timeout`, `hard_timeout`, `refresh_ahead`, `background_writes`, `detach`, `trace_keys`, `returns`, `crate`";
 const STRATEGIES: &[(&str, u64)] = &[
     ("RealTime", 10_000),
     ("ShortTerm", 300_000),
@@ -82,6 +84,7 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Options {
         refresh_ahead: None,
         background_writes: None,
         detach: true,
+        trace_keys: false,
         returns: None,
         self_type: None,
         krate: None,
@@ -198,14 +201,12 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Options {
                     "`refresh_ahead` takes a number between 0 and 1, e.g. `refresh_ahead = 0.8`",
                 ),
             },
-            "background_writes" | "detach" => match lit(&m.value) {
-                Some(Lit::Bool(b)) => {
-                    if name == "detach" {
-                        o.detach = b.value;
-                    } else {
-                        o.background_writes = Some(b.value);
-                    }
-                }
+            "background_writes" | "detach" | "trace_keys" => match lit(&m.value) {
+                Some(Lit::Bool(b)) => match name.as_str() {
+                    "detach" => o.detach = b.value,
+                    "trace_keys" => o.trace_keys = b.value,
+                    _ => o.background_writes = Some(b.value),
+                },
                 _ => errors.at(
                     m.value.span_of(),
                     format!("`{name}` takes `true` or `false`"),

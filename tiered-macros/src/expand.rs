@@ -271,6 +271,7 @@ fn generate(
         Some(b) => quote!(::core::option::Option::Some(#b)),
         None => quote!(::core::option::Option::None),
     };
+    let trace_keys = opts.trace_keys;
     // The body can outlive the call (finish in the background after a soft timeout, run a
     // refresh-ahead) when it owns everything it uses: a free function whose arguments hold no
     // reference or lifetime. Its future must then be `Send`.
@@ -399,6 +400,7 @@ fn generate(
                     hard_timeout: #hard_timeout,
                     refresh_ahead: #refresh_ahead,
                     background_writes: #background_writes,
+                    trace_keys: #trace_keys,
                 },
             );
             &__TIERED_SITE

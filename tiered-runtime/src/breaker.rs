@@ -106,7 +106,7 @@ impl Breaker {
     }
 
     /// Whether the breaker is open now (L2 skipped), for the `tiered_l2_breakers_open` gauge.
-    pub(crate) fn is_open(&self) -> bool {
+    pub(crate) fn open_now(&self) -> bool {
         if self.healthy.load(Ordering::Acquire) {
             return false;
         }

@@ -337,12 +337,15 @@ impl<K: ReturnKind> Prepared<K> {
         async move {
             match lookup {
                 Lookup::Hit(v) | Lookup::Refresh(v, ..) => {
-                    l1_hit_span(site);
+                    if !site.options().trace_keys {
+                        l1_hit_span(site);
+                    }
                     K::from_value(v)
                 }
                 // Boxed: the slow path's state machine is large (about 1 KiB), and kept inline
                 // it would make every L1 hit create and move that much memory.
                 Lookup::Miss(rt, key) => {
+                    let span = keyed_call_span(site, &key);
                     Box::pin(
                         async move {
                             match rt.begin(kind, site, key, error).await {
@@ -359,7 +362,7 @@ impl<K: ReturnKind> Prepared<K> {
                                 }
                             }
                         }
-                        .instrument(call_span(site)),
+                        .instrument(span),
                     )
                     .await
                 }
@@ -393,15 +396,20 @@ impl<K: ReturnKind> Prepared<K> {
         async move {
             match lookup {
                 Lookup::Hit(v) => {
-                    l1_hit_span(site);
+                    if !site.options().trace_keys {
+                        l1_hit_span(site);
+                    }
                     K::from_value(v)
                 }
                 Lookup::Refresh(v, rt, key) => {
-                    l1_hit_span(site);
+                    if !site.options().trace_keys {
+                        l1_hit_span(site);
+                    }
                     rt.spawn_refresh(kind, site, key, body);
                     K::from_value(v)
                 }
                 Lookup::Miss(rt, key) => {
+                    let span = keyed_call_span(site, &key);
                     Box::pin(
                         async move {
                             match rt.begin(kind, site, key.clone(), error).await {
@@ -432,7 +440,7 @@ impl<K: ReturnKind> Prepared<K> {
                                 }
                             }
                         }
-                        .instrument(call_span(site)),
+                        .instrument(span),
                     )
                     .await
                 }
@@ -457,15 +465,26 @@ impl Drop for RoundTrips {
 
 /// The span of one memoized call (INFO, `tiered.call`): the function, how the call was
 /// answered (`outcome`: `l1`, `l2`, `miss`, `coalesced`, `stale` or `bypass`, recorded once
-/// known) and the L2 read round trips it took. Never an argument, a key or a value.
+/// known) and the L2 read round trips it took. Never an argument or a value, and the key only
+/// for a function that opted in (`trace_keys`).
 #[inline]
 fn call_span(site: &'static Site) -> tracing::Span {
     tracing::info_span!(
         "tiered.call",
         site = site.name(),
         outcome = tracing::field::Empty,
-        l2_round_trips = tracing::field::Empty
+        l2_round_trips = tracing::field::Empty,
+        key = tracing::field::Empty
     )
+}
+
+/// [`call_span`] with the key recorded when the function opted in (`trace_keys`).
+fn keyed_call_span(site: &'static Site, key: &Key) -> tracing::Span {
+    let span = call_span(site);
+    if site.options().trace_keys {
+        span.record("key", key.as_str());
+    }
+    span
 }
 
 /// An L1 hit's `tiered.call` span, opened and closed at once. Without a subscriber that wants
@@ -527,6 +546,9 @@ impl Runtime {
                 && let Some((v, due)) = l1.get(digest)
             {
                 slot.hits.bump();
+                if site.options().trace_keys {
+                    self.keyed_l1_span(site, args);
+                }
                 if due {
                     return self.refresh_lookup(site, args, v);
                 }
@@ -534,6 +556,22 @@ impl Runtime {
             }
         }
         self.render_miss(site, args)
+    }
+
+    /// An L1 hit's `tiered.call` span with the rendered key (`trace_keys`); the key is
+    /// rendered only when a subscriber wants the span.
+    #[cold]
+    fn keyed_l1_span<A: Args + ?Sized>(&self, site: &'static Site, args: &A) {
+        if tracing::enabled!(tracing::Level::INFO)
+            && let Some(key) = self.render(site, args)
+        {
+            let _span = tracing::info_span!(
+                "tiered.call",
+                site = site.name(),
+                outcome = "l1",
+                key = key.as_str()
+            );
+        }
     }
 
     /// A hit due for a refresh: the key is rendered for the refresh (off the common path).

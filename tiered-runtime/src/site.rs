@@ -85,6 +85,9 @@ pub struct SiteOptions {
     /// Writes to Redis leave the caller's path (queued). `None` uses the runtime's
     /// `background_writes` (default off).
     pub background_writes: Option<bool>,
+    /// Records the rendered key on this function's `tiered.call` spans (field `key`). Off by
+    /// default: keys carry the arguments, which may be user data.
+    pub trace_keys: bool,
 }
 
 impl SiteOptions {
@@ -100,6 +103,7 @@ impl SiteOptions {
         hard_timeout: None,
         refresh_ahead: None,
         background_writes: None,
+        trace_keys: false,
     };
 }
 

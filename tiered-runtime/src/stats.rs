@@ -296,7 +296,8 @@ pub(crate) struct SiteTable {
     pub(crate) digester: Digester,
     /// The first site seen with each template shape (cold path: first use of a site).
     shapes: Mutex<HashMap<String, &'static str>>,
-    /// The runtime's namespace (a label of its metrics).
+    /// The runtime's namespace (a label of its metrics, feature `metrics`).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     namespace: String,
 }
 
@@ -313,6 +314,7 @@ impl SiteTable {
     }
 
     /// The runtime's namespace.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn namespace(&self) -> &str {
         &self.namespace
     }

@@ -25,4 +25,9 @@ async fn not_a_bool(n: u32) -> u32 {
     n
 }
 
+#[tiered_cache(trace_keys = "yes")]
+async fn not_a_bool_either(n: u32) -> u32 {
+    n
+}
+
 fn main() {}

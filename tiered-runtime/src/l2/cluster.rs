@@ -239,9 +239,9 @@ impl Cluster {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|b| b.is_open())
+            .filter(|b| b.open_now())
             .count();
-        masters + usize::from(self.replica_breaker.is_open())
+        masters + usize::from(self.replica_breaker.open_now())
     }
 
     /// Whether `replica_reads` is on.

@@ -898,7 +898,7 @@ impl L2 {
     /// replicas').
     pub(crate) fn open_breakers(&self) -> usize {
         match &self.backend {
-            Backend::Single(_) => usize::from(self.breaker.is_open()),
+            Backend::Single(_) => usize::from(self.breaker.open_now()),
             Backend::Cluster(c) => c.open_breakers(),
         }
     }
