@@ -1,4 +1,5 @@
-//! Metrics for Prometheus: `cargo run --example prometheus --features metrics`.
+//! Metrics for Prometheus: `cargo run -p tiered-observability-tests --example prometheus` (the
+//! package that turns on the `metrics` feature and has the Prometheus exporter).
 //!
 //! Installs the recorder of `metrics-exporter-prometheus`, installs the runtime (embedded, or
 //! Redis with `TIERED_REDIS_URL`), makes a few memoized calls, and prints the scrape (the
