@@ -14,6 +14,11 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 redis-server --version
 
+# No debug info in this run's builds, the UI tests' nested build (trybuild) included: the
+# suite's build and link time is most of its 10 minutes on 2 cores. Panics still name their
+# file and line.
+export CARGO_PROFILE_DEV_DEBUG=false
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --quiet
