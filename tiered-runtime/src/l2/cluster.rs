@@ -485,23 +485,11 @@ fn slot_ranges(reply: &redis::Value) -> Vec<(u16, u16, String)> {
             let redis::Value::Array(parts) = r else {
                 return None;
             };
-            let [
-                redis::Value::Int(from),
-                redis::Value::Int(to),
-                redis::Value::Array(master),
-                ..,
-            ] = parts.as_slice()
+            let [redis::Value::Int(from), redis::Value::Int(to), master, ..] = parts.as_slice()
             else {
                 return None;
             };
-            let host = match master.first()? {
-                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-                redis::Value::SimpleString(s) => s.clone(),
-                _ => return None,
-            };
-            let redis::Value::Int(port) = master.get(1)? else {
-                return None;
-            };
+            let (host, port) = node_addr(master)?;
             Some((
                 u16::try_from(*from).ok()?,
                 u16::try_from(*to).ok()?,
