@@ -350,14 +350,10 @@ impl<K: ReturnKind> Prepared<K> {
                         async move {
                             match rt.begin(kind, site, key, error).await {
                                 Begin::Done(out) | Begin::DoneRefresh(out, _) => out,
-                                Begin::Body => {
-                                    crate::flight::outcome("miss");
-                                    timed(&rt, site, body()).instrument(body_span(site)).await
-                                }
+                                Begin::Body => computing(&rt, site, body()).await,
                                 Begin::Lead(plan) => {
-                                    crate::flight::outcome("miss");
                                     let timers = plan.timers();
-                                    let body = timed(&rt, site, body()).instrument(body_span(site));
+                                    let body = computing(&rt, site, body());
                                     timers.inline(plan.finish(body)).await
                                 }
                             }
@@ -366,11 +362,7 @@ impl<K: ReturnKind> Prepared<K> {
                     )
                     .await
                 }
-                Lookup::Bypass => {
-                    let span = call_span(site);
-                    span.record("outcome", "bypass");
-                    Box::pin(body().instrument(span)).await
-                }
+                Lookup::Bypass => Box::pin(bypassing(site, body())).await,
             }
         }
     }
@@ -418,14 +410,10 @@ impl<K: ReturnKind> Prepared<K> {
                                     rt.spawn_refresh(kind, site, key, body);
                                     out
                                 }
-                                Begin::Body => {
-                                    crate::flight::outcome("miss");
-                                    timed(&rt, site, body()).instrument(body_span(site)).await
-                                }
+                                Begin::Body => computing(&rt, site, body()).await,
                                 Begin::Lead(plan) => {
-                                    crate::flight::outcome("miss");
                                     let timers = plan.timers();
-                                    let body = timed(&rt, site, body()).instrument(body_span(site));
+                                    let body = computing(&rt, site, body());
                                     if timers.armed()
                                         && let Ok(handle) = tokio::runtime::Handle::try_current()
                                     {
@@ -444,11 +432,7 @@ impl<K: ReturnKind> Prepared<K> {
                     )
                     .await
                 }
-                Lookup::Bypass => {
-                    let span = call_span(site);
-                    span.record("outcome", "bypass");
-                    Box::pin(body().instrument(span)).await
-                }
+                Lookup::Bypass => Box::pin(bypassing(site, body())).await,
             }
         }
     }
@@ -492,6 +476,27 @@ fn keyed_call_span(site: &'static Site, key: &Key) -> tracing::Span {
 #[inline]
 fn l1_hit_span(site: &'static Site) {
     let _span = tracing::info_span!("tiered.call", site = site.name(), outcome = "l1");
+}
+
+/// A call that runs its body: the outcome `miss` on the call's span, the body in its own
+/// `tiered.body` span, its run time recorded (feature `metrics`).
+fn computing<Fut: Future>(
+    rt: &Runtime,
+    site: &'static Site,
+    body: Fut,
+) -> tracing::instrument::Instrumented<impl Future<Output = Fut::Output> + use<Fut>> {
+    crate::flight::outcome("miss");
+    timed(rt, site, body).instrument(body_span(site))
+}
+
+/// A call whose key cannot be rendered: the body, uncached, in a call span `bypass`.
+fn bypassing<Fut: Future>(
+    site: &'static Site,
+    body: Fut,
+) -> tracing::instrument::Instrumented<Fut> {
+    let span = call_span(site);
+    span.record("outcome", "bypass");
+    body.instrument(span)
 }
 
 /// A body's future, its run time recorded in `tiered_body_seconds` (feature `metrics`).

@@ -295,15 +295,18 @@ impl Cluster {
         )
         .await;
         if let Ok(Ok(reply)) = reply {
-            let mut replicas = replica_ranges(&reply);
-            if !replicas.is_empty() {
+            let ranges = slot_ranges(&reply);
+            if !ranges.is_empty() {
+                let mut masters = Vec::with_capacity(ranges.len());
+                let mut replicas = Vec::with_capacity(ranges.len());
+                for (from, to, (host, port), of_range) in ranges {
+                    masters.push((from, to, format!("{host}:{port}")));
+                    replicas.push((from, to, of_range));
+                }
+                masters.sort();
                 replicas.sort();
+                *self.slots.write().unwrap_or_else(|p| p.into_inner()) = masters;
                 *self.replica_map.write().unwrap_or_else(|p| p.into_inner()) = replicas;
-            }
-            let mut map = slot_ranges(&reply);
-            if !map.is_empty() {
-                map.sort();
-                *self.slots.write().unwrap_or_else(|p| p.into_inner()) = map;
             }
         }
     }
@@ -426,12 +429,14 @@ pub(crate) fn key_slot(key: &[u8]) -> u16 {
     crc % 16384
 }
 
-/// `(first slot, last slot, master host:port)` of each range of a `CLUSTER SLOTS` reply.
 /// `(first slot, last slot, replicas as (host, port))`.
 type ReplicaRange = (u16, u16, Vec<(String, u16)>);
 
-/// `(first slot, last slot, replicas)` of each range of a `CLUSTER SLOTS` reply.
-fn replica_ranges(reply: &redis::Value) -> Vec<ReplicaRange> {
+/// `(host, port)` of a node.
+type Node = (String, u16);
+
+/// `(first slot, last slot, master, replicas)` of each range of a `CLUSTER SLOTS` reply.
+fn slot_ranges(reply: &redis::Value) -> Vec<(u16, u16, Node, Vec<Node>)> {
     let redis::Value::Array(ranges) = reply else {
         return Vec::new();
     };
@@ -444,7 +449,7 @@ fn replica_ranges(reply: &redis::Value) -> Vec<ReplicaRange> {
             let [
                 redis::Value::Int(from),
                 redis::Value::Int(to),
-                _master,
+                master,
                 replicas @ ..,
             ] = parts.as_slice()
             else {
@@ -453,6 +458,7 @@ fn replica_ranges(reply: &redis::Value) -> Vec<ReplicaRange> {
             Some((
                 u16::try_from(*from).ok()?,
                 u16::try_from(*to).ok()?,
+                node_addr(master)?,
                 replicas.iter().filter_map(node_addr).collect(),
             ))
         })
@@ -460,7 +466,7 @@ fn replica_ranges(reply: &redis::Value) -> Vec<ReplicaRange> {
 }
 
 /// `(host, port)` of a node entry of `CLUSTER SLOTS`.
-fn node_addr(node: &redis::Value) -> Option<(String, u16)> {
+fn node_addr(node: &redis::Value) -> Option<Node> {
     let redis::Value::Array(parts) = node else {
         return None;
     };
@@ -473,30 +479,6 @@ fn node_addr(node: &redis::Value) -> Option<(String, u16)> {
         return None;
     };
     Some((host, u16::try_from(*port).ok()?))
-}
-
-fn slot_ranges(reply: &redis::Value) -> Vec<(u16, u16, String)> {
-    let redis::Value::Array(ranges) = reply else {
-        return Vec::new();
-    };
-    ranges
-        .iter()
-        .filter_map(|r| {
-            let redis::Value::Array(parts) = r else {
-                return None;
-            };
-            let [redis::Value::Int(from), redis::Value::Int(to), master, ..] = parts.as_slice()
-            else {
-                return None;
-            };
-            let (host, port) = node_addr(master)?;
-            Some((
-                u16::try_from(*from).ok()?,
-                u16::try_from(*to).ok()?,
-                format!("{host}:{port}"),
-            ))
-        })
-        .collect()
 }
 
 #[cfg(test)]
