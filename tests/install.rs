@@ -4,12 +4,12 @@
 
 mod support;
 
-use support::{Calls, RedisServer};
+use support::{BodyRuns, RedisServer};
 use tiered::{Error, Plain, Runtime, Site, SiteOptions, memoize};
 
 static SQUARE: Site = Site::new("install::square", "square:<n>", SiteOptions::DEFAULT);
 
-async fn square(n: u64, calls: &Calls) -> u64 {
+async fn square(n: u64, calls: &BodyRuns) -> u64 {
     let calls = calls.clone();
     memoize::<Plain<u64>, _, _>(&SQUARE, &[&n], || async move {
         calls.hit();
@@ -20,7 +20,7 @@ async fn square(n: u64, calls: &Calls) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lazy_default_then_install_once_then_from_env() {
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     // Nothing installed: the embedded default serves.
     assert!(Runtime::installed().is_none());
     assert_eq!(square(3, &calls).await, 9);

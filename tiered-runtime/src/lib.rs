@@ -120,6 +120,8 @@ mod site;
 mod stats;
 #[cfg(feature = "metrics")]
 mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{
     Builder, ClusterBus, Config, DEFAULT_BREAKER_COOLDOWN, DEFAULT_BREAKER_THRESHOLD,

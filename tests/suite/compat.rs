@@ -3,7 +3,7 @@
 //! future one), in the roles they play during a deploy: nobody deletes the other's values in a loop,
 //! and nobody misses the other's invalidations.
 
-mod support;
+use crate::support;
 
 use serde::Serialize;
 use support::{RedisServer, wait_until};
@@ -113,7 +113,7 @@ async fn a_newer_versions_invalidations_are_applied_or_taken_as_lost() {
             origin,
             seq: 1,
             action: FutureAction::Keys {
-                site: "compat::w".into(),
+                site: concat!(module_path!(), "::w").into(),
                 keys: vec!["cp:w:<5>".into()],
             },
             trace: "x".into(),

@@ -3,8 +3,7 @@
 //! it; lease-shaped bytes that cannot be ours are foreign; judged bytes are deleted only while
 //! they are unchanged.
 
-#[path = "../../support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

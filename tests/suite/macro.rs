@@ -1,6 +1,6 @@
 //! `#[tiered_cache]` through the facade, against a real `redis-server` per test.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -393,19 +393,26 @@ async fn same_named_methods_of_two_types_stay_apart_and_their_keys_are_pinned() 
     let s = rt.stats();
     let names: Vec<&str> = s.sites.iter().map(|x| x.name).collect();
     assert!(
-        names.contains(&"r#macro::Users::get") && names.contains(&"r#macro::Orders::get"),
+        names.contains(&concat!(module_path!(), "::Users::get"))
+            && names.contains(&concat!(module_path!(), "::Orders::get")),
         "{names:?}"
     );
-    assert_eq!(s.site("r#macro::Orders::get").map(|c| c.l1_hits), Some(1));
+    assert_eq!(
+        s.site(concat!(module_path!(), "::Orders::get"))
+            .map(|c| c.l1_hits),
+        Some(1)
+    );
     assert_eq!(
         redis.keys(),
         vec![
-            "m:r#macro::Orders::get:<2>".to_owned(),
-            "m:r#macro::Users::get:<1>".to_owned(),
+            format!("m:{}::Orders::get:<2>", module_path!()),
+            format!("m:{}::Users::get:<1>", module_path!()),
         ]
     );
     // The schema fingerprint is SHA-256 over the return type as written (and the version).
-    let stored = redis.get("m:r#macro::Users::get:<1>").expect("stored");
+    let stored = redis
+        .get(&format!("m:{}::Users::get:<1>", module_path!()))
+        .expect("stored");
     assert_eq!(&stored[4..20], &tiered::codec::fingerprint("String", 0)[..]);
     assert_eq!(
         tiered::codec::fingerprint("String", 0)

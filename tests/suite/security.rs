@@ -1,7 +1,7 @@
 //! Security scenarios of the reliability plan (11: isolation of tenants, namespaces and
 //! databases; 16: ACL changes while running), each against its own `redis-server`.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

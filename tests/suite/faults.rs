@@ -17,7 +17,7 @@
 //! those of the runtime's background tasks included, are told apart from the events of the
 //! tests that run beside them.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::ops::Range;

@@ -3,7 +3,7 @@
 //! and every instance derives the same L1 key from it. These tests prove the two derivations
 //! agree across instances: for keys with escaped characters and for long keys.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,7 +1,7 @@
 //! Fail-safe, body timeouts, refresh-ahead, background writes, shutdown and the L1 byte bound,
 //! against a real `redis-server` per test (and, where a test says so, the embedded mode).
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -418,13 +418,13 @@ async fn refresh_ahead_keeps_a_hot_key_warm_with_one_run_per_refresh_across_two_
     let rt = refresh_runtime(&redis.url()).await;
     assert_eq!(rt.scope(hot(1)).await, "1#1");
     let exe = std::env::current_exe().expect("test binary");
+    // The child's test name in this binary: this module's path without the crate's name.
+    let entry = format!(
+        "{}::refresh_child_entry",
+        module_path!().split_once("::").map_or("", |(_, m)| m)
+    );
     let child = tokio::process::Command::new(exe)
-        .args([
-            "refresh_child_entry",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args([entry.as_str(), "--exact", "--nocapture", "--test-threads=1"])
         .env("TIERED_REFRESH_CHILD", redis.url())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)

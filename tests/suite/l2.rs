@@ -1,11 +1,11 @@
 //! L2 behaviour against a real `redis-server` spawned per test.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use support::{Calls, RedisServer, bounded, wait_until};
+use support::{BodyRuns, RedisServer, bounded, wait_until};
 use tiered::{Error, LeaseRead, Plain, Runtime, Site, SiteOptions, Tiers, codec, memoize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,7 +36,7 @@ const fn opts(promote: u32) -> SiteOptions {
 
 static USER: Site = Site::new("l2::user", "user:<id>", opts(0));
 
-async fn get_user(id: u64, calls: &Calls) -> User {
+async fn get_user(id: u64, calls: &BodyRuns) -> User {
     let calls = calls.clone();
     memoize::<Plain<User>, _, _>(&USER, &[&id], || async move {
         calls.hit();
@@ -52,7 +52,7 @@ async fn get_user(id: u64, calls: &Calls) -> User {
 async fn l1_hit_does_not_touch_redis() {
     let redis = RedisServer::start();
     let rt = runtime(&redis, 10).await;
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     rt.scope(get_user(1, &calls)).await;
     redis.reset_stats();
     for _ in 0..100 {
@@ -69,7 +69,7 @@ async fn miss_is_two_round_trips_and_l2_hit_is_one() {
     let redis = RedisServer::start();
     let a = runtime(&redis, 10).await;
     let b = runtime(&redis, 10).await;
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     redis.reset_stats();
     a.scope(get_user(2, &calls)).await;
     let counts = |r: &RedisServer| {
@@ -220,8 +220,8 @@ async fn promoted_ttl_never_outlives_the_remaining_l2_ttl() {
         .query::<()>(&mut redis.conn())
         .expect("seed");
     let rt = runtime(&redis, 10).await;
-    let calls = Calls::default();
-    let call = |calls: Calls| async move {
+    let calls = BodyRuns::default();
+    let call = |calls: BodyRuns| async move {
         memoize::<Plain<u64>, _, _>(&LONG_TTL, &[&1u64], || async move {
             calls.hit();
             42
@@ -274,7 +274,7 @@ async fn two_runtimes_share_values_through_redis() {
     let redis = RedisServer::start();
     let a = runtime(&redis, 10).await;
     let b = runtime(&redis, 10).await;
-    let (ca, cb) = (Calls::default(), Calls::default());
+    let (ca, cb) = (BodyRuns::default(), BodyRuns::default());
     assert_eq!(a.scope(get_user(9, &ca)).await.id, 9);
     assert_eq!(b.scope(get_user(9, &cb)).await.id, 9);
     assert_eq!(
@@ -302,7 +302,7 @@ fn fresh() -> Person {
     }
 }
 
-async fn get_person(id: u32, calls: &Calls) -> Person {
+async fn get_person(id: u32, calls: &BodyRuns) -> Person {
     let calls = calls.clone();
     memoize::<Plain<Person>, _, _>(&PERSON, &[&id], || async move {
         calls.hit();
@@ -325,7 +325,7 @@ async fn assert_garbage_is_a_miss(
 ) {
     let key = format!("t:person:<{id}>");
     redis.set(&key, bytes);
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     let before = rt.stats().total.decode_failures;
     let v = bounded(what, rt.scope(get_person(id, &calls))).await;
     assert_eq!(v, fresh(), "{what}: wrong value");
@@ -416,7 +416,7 @@ async fn scenario_12_type_changes_never_decode_into_wrong_values() {
         first: "Grace".into(),
         age: 85,
     };
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     redis.set(
         "t:person:<100>",
         &codec::encode(&fp, codec::Stamp::default(), &swapped).expect("encode"),
@@ -480,8 +480,8 @@ async fn scenario_14_oversized_results_are_not_written_to_l2() {
         .build()
         .await
         .expect("runtime");
-    let calls = Calls::default();
-    let call = |calls: Calls| async move {
+    let calls = BodyRuns::default();
+    let call = |calls: BodyRuns| async move {
         memoize::<Plain<Vec<u8>>, _, _>(&BIG, &[&1], || async move {
             calls.hit();
             vec![7u8; 10 * 1024 * 1024]
@@ -506,7 +506,7 @@ const FRESH: u64 = 1 << 40;
 
 static OUTAGE: Site = Site::new("l2::outage", "outage:<id>", SiteOptions::DEFAULT);
 
-async fn outage_call(id: u64, calls: &Calls) -> u64 {
+async fn outage_call(id: u64, calls: &BodyRuns) -> u64 {
     let calls = calls.clone();
     memoize::<Plain<u64>, _, _>(&OUTAGE, &[&id], || async move {
         calls.hit();
@@ -538,7 +538,7 @@ async fn scenario_16_wrong_password_is_a_build_error_and_the_right_one_works() {
 async fn invalidate_evicts_l1_and_deletes_in_redis() {
     let redis = RedisServer::start();
     let rt = runtime(&redis, 10).await;
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     rt.scope(get_user(3, &calls)).await;
     assert_eq!(redis.keys(), vec!["t:user:<3>".to_owned()]);
     rt.invalidate(&USER, &[&3u64]).await.expect("invalidate");
@@ -551,7 +551,7 @@ async fn invalidate_evicts_l1_and_deletes_in_redis() {
 async fn invalidate_reports_an_unreachable_redis_but_still_evicts_locally() {
     let mut redis = RedisServer::start();
     let rt = runtime(&redis, 10).await;
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     rt.scope(get_user(4, &calls)).await;
     redis.kill();
     let r = rt.invalidate(&USER, &[&4u64]).await;
@@ -617,7 +617,7 @@ async fn scenario_16_acl_refusals_are_build_errors() {
         .build()
         .await
         .expect("scoped user");
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     rt.scope(get_user(5, &calls)).await;
     assert_eq!(
         redis.keys(),
@@ -642,7 +642,7 @@ async fn frozen_redis_is_time_boxed_and_the_breaker_opens_then_closes() {
             .build()
     };
     let (a, b) = (build().await.expect("a"), build().await.expect("b"));
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     redis.freeze();
     let mut latencies = Vec::new();
     for id in 0..20 {
@@ -715,7 +715,7 @@ async fn l2_hits_are_served_while_redis_refuses_writes() {
     let redis = RedisServer::start();
     let a = runtime(&redis, 1).await;
     let b = runtime(&redis, 1).await;
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     for id in 1..=3 {
         a.scope(get_user(id, &calls)).await;
     }
@@ -786,7 +786,7 @@ async fn pipelined_lease_read_for_servers_before_7() {
     };
     let a = build().await.expect("runtime");
     let b = build().await.expect("runtime");
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     let counts = |r: &RedisServer| {
         (
             r.calls("get"),
@@ -813,7 +813,7 @@ async fn pipelined_lease_read_for_servers_before_7() {
 
     // One cold key, both instances at once, a slow body: it runs once.
     static SLOW: Site = Site::new("l2::slow_pipelined", "slow:<id>", opts(1));
-    let slow = |calls: Calls| async move {
+    let slow = |calls: BodyRuns| async move {
         memoize::<Plain<u64>, _, _>(&SLOW, &[&7u64], || async move {
             calls.hit();
             tokio::time::sleep(Duration::from_millis(200)).await;

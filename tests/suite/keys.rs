@@ -154,7 +154,7 @@ fn render(template: &str, values: &[String]) -> Option<(String, String)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(20_000))]
+    #![proptest_config(ProptestConfig::with_cases(5_000))]
 
     /// Scenario 9 across templates: two (template, values) pairs of one namespace render the
     /// same key only when the templates have the same shape (they differ at most in their

@@ -1,13 +1,13 @@
 //! Coalescing (scenarios 1–4): one body run per key per process, and no follower
 //! is ever stranded by a leader that is cancelled, panics or fails.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use support::{BOUND, Calls, RedisServer, bounded};
+use support::{BOUND, BodyRuns, RedisServer, bounded};
 use tiered::{Fallible, FallibleUncloneable, Optional, Plain, Runtime, Site, SiteOptions, memoize};
 use tokio::sync::Notify;
 
@@ -46,7 +46,7 @@ static BURST: Site = Site::new(
 
 /// 1 000 callers per key; the body holds until all the key's other callers are parked.
 async fn burst(rt: &Runtime, rep: u32, keys: u32, callers: u32) -> (usize, Duration) {
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     let waits_before = rt.stats().total.coalesced_waits;
     let expected_waits = waits_before + u64::from(callers - keys);
     let started = Instant::now();
@@ -155,7 +155,7 @@ async fn scenario_1_burst_on_one_key_is_computed_once_on_a_cluster() {
 static PARKED: Site = Site::new("coalescing::parked", "parked:<case>", SiteOptions::DEFAULT);
 
 /// A body that parks forever on its first run (signalling `entered`) and returns after that.
-async fn parked_call(case: &'static str, calls: Calls, entered: Arc<Notify>) -> u32 {
+async fn parked_call(case: &'static str, calls: BodyRuns, entered: Arc<Notify>) -> u32 {
     memoize::<Plain<u32>, _, _>(&PARKED, &[&case], || async move {
         if calls.hit() == 1 {
             entered.notify_one();
@@ -170,7 +170,7 @@ async fn parked_call(case: &'static str, calls: Calls, entered: Arc<Notify>) -> 
 async fn leader_and_followers(
     rt: &Runtime,
     case: &'static str,
-    calls: &Calls,
+    calls: &BodyRuns,
     leader_timeout: Option<Duration>,
 ) -> (
     tokio::task::JoinHandle<Option<u32>>,
@@ -199,7 +199,7 @@ async fn leader_and_followers(
 async fn followers_get_the_value(
     rt: &Runtime,
     followers: Vec<tokio::task::JoinHandle<u32>>,
-    calls: &Calls,
+    calls: &BodyRuns,
 ) {
     for f in followers {
         assert_eq!(bounded("follower", f).await.expect("follower task"), 7);
@@ -215,7 +215,7 @@ async fn followers_get_the_value(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_2_aborted_leader_hands_over_to_a_follower() {
     let rt = embedded().await;
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     let (leader, followers) = leader_and_followers(&rt, "abort", &calls, None).await;
     leader.abort();
     assert!(
@@ -229,7 +229,7 @@ async fn scenario_2_aborted_leader_hands_over_to_a_follower() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_2_leader_dropped_by_timeout_hands_over_to_a_follower() {
     let rt = embedded().await;
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     // The leader's own timeout fires while it is parked in the body; no test step waits on it.
     let (leader, followers) =
         leader_and_followers(&rt, "timeout", &calls, Some(Duration::from_millis(300))).await;
@@ -247,8 +247,8 @@ static STORM: Site = Site::new("coalescing::storm", "storm", SiteOptions::DEFAUL
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_2_timeout_storm_leaves_nothing_behind() {
     let rt = embedded().await;
-    let calls = Calls::default();
-    let storm = |calls: Calls| async move {
+    let calls = BodyRuns::default();
+    let storm = |calls: BodyRuns| async move {
         memoize::<Plain<u32>, _, _>(&STORM, &[], || async move {
             calls.hit();
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -296,8 +296,8 @@ static PANICKY: Site = Site::new("coalescing::panicky", "panicky:<k>", SiteOptio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_3_panicking_leader_releases_its_followers() {
     let rt = embedded().await;
-    let calls = Calls::default();
-    let call = |k: u32, calls: Calls, rt: Runtime| async move {
+    let calls = BodyRuns::default();
+    let call = |k: u32, calls: BodyRuns, rt: Runtime| async move {
         memoize::<Plain<u32>, _, _>(&PANICKY, &[&k], || async move {
             if calls.hit() == 1 {
                 // Panic only once the 19 followers are parked on this flight.
@@ -343,8 +343,8 @@ static FAILING: Site = Site::new("coalescing::failing", "failing:<k>", SiteOptio
 struct DbError(String);
 
 async fn scenario_4(rt: Runtime, redis: Option<&RedisServer>) {
-    let calls = Calls::default();
-    let call = |calls: Calls, rt: Runtime| async move {
+    let calls = BodyRuns::default();
+    let call = |calls: BodyRuns, rt: Runtime| async move {
         memoize::<Fallible<u32, DbError>, _, _>(&FAILING, &[&"k"], || async move {
             let n = calls.hit();
             while n == 1
@@ -410,8 +410,8 @@ static OPAQUE: Site = Site::new("coalescing::opaque", "opaque", SiteOptions::DEF
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uncloneable_error_makes_followers_form_one_new_flight() {
     let rt = embedded().await;
-    let calls = Calls::default();
-    let call = |calls: Calls, rt: Runtime| async move {
+    let calls = BodyRuns::default();
+    let call = |calls: BodyRuns, rt: Runtime| async move {
         memoize::<FallibleUncloneable<u32, Opaque>, _, _>(&OPAQUE, &[], || async move {
             let n = calls.hit();
             while n == 1 && rt.stats().total.coalesced_waits < 49 {
@@ -441,8 +441,8 @@ static MAYBE: Site = Site::new("coalescing::maybe", "maybe:<k>", SiteOptions::DE
 #[tokio::test]
 async fn none_is_not_cached_and_some_is() {
     let rt = embedded().await;
-    let calls = Calls::default();
-    let call = |k: u32, calls: Calls| async move {
+    let calls = BodyRuns::default();
+    let call = |k: u32, calls: BodyRuns| async move {
         memoize::<Optional<u32>, _, _>(&MAYBE, &[&k], || async move {
             calls.hit();
             (k > 0).then_some(k)

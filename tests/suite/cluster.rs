@@ -1,7 +1,7 @@
 //! L2 on a Redis Cluster (3 masters, spawned per test by `support::cluster`): the same API as on
 //! one server. Clusters are formed one at a time per process (a few seconds each on 2 cores).
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

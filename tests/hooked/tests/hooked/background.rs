@@ -1,8 +1,7 @@
 //! Writes to Redis off the caller's path (`background_writes`) and shutdown, with the
 //! background writer held at its pause point so that "later" is under the test's control.
 
-#[path = "../../support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

@@ -3,8 +3,7 @@
 //! `redis-server` per test. Several "instances" are runtimes in this process (`scope`) and, where
 //! a test says so, child processes running this same test binary (see [`child`]).
 
-#[path = "../../support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -888,13 +887,13 @@ mod child {
     impl Proc {
         pub async fn spawn(url: &str) -> Proc {
             let exe = std::env::current_exe().expect("test binary path");
+            // The entry's test name in this binary: this module's path without the crate's.
+            let entry = format!(
+                "{}::child_process_entry",
+                module_path!().split_once("::").map_or("", |(_, m)| m)
+            );
             let mut child = Command::new(exe)
-                .args([
-                    "child::child_process_entry",
-                    "--exact",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+                .args([entry.as_str(), "--exact", "--nocapture", "--test-threads=1"])
                 .env("TIERED_CHILD_URL", url)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())

@@ -1,10 +1,10 @@
 //! Embedded mode: no Redis configured; the L1 path, TTLs, return kinds and stats hold.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
-use support::Calls;
+use support::BodyRuns;
 use tiered::{Fallible, Plain, Runtime, Site, SiteOptions, Tiers, memoize};
 
 static SHORT: Site = Site::new(
@@ -19,7 +19,7 @@ static SHORT: Site = Site::new(
     },
 );
 
-async fn short(id: u32, calls: &Calls) -> u32 {
+async fn short(id: u32, calls: &BodyRuns) -> u32 {
     let calls = calls.clone();
     memoize::<Plain<u32>, _, _>(&SHORT, &[&id], || async move {
         calls.hit();
@@ -36,7 +36,7 @@ async fn embedded_runtime_caches_per_argument_and_expires_with_the_ttl() {
         .await
         .expect("embedded");
     assert!(!rt.stats().l2_configured);
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     for _ in 0..3 {
         for id in 0..5 {
             assert_eq!(rt.scope(short(id, &calls)).await, id);
@@ -66,8 +66,8 @@ async fn l1_max_ttl_caps_every_entry() {
         .await
         .expect("embedded");
     static LONG: Site = Site::new("embedded::long", "long:<id>", SiteOptions::DEFAULT);
-    let calls = Calls::default();
-    let call = |calls: Calls| async move {
+    let calls = BodyRuns::default();
+    let call = |calls: BodyRuns| async move {
         memoize::<Plain<u8>, _, _>(&LONG, &[&1], || async move {
             calls.hit();
             1
@@ -90,8 +90,8 @@ async fn l1_max_ttl_caps_every_entry() {
 async fn errors_are_not_cached_in_embedded_mode() {
     static FLAKY: Site = Site::new("embedded::flaky", "flaky", SiteOptions::DEFAULT);
     let rt = Runtime::builder().build().await.expect("embedded");
-    let calls = Calls::default();
-    let call = |calls: Calls| async move {
+    let calls = BodyRuns::default();
+    let call = |calls: BodyRuns| async move {
         memoize::<Fallible<u8, String>, _, _>(&FLAKY, &[], || async move {
             if calls.hit() < 3 {
                 Err("not yet".to_owned())
@@ -112,7 +112,7 @@ async fn errors_are_not_cached_in_embedded_mode() {
 async fn two_scoped_runtimes_are_independent() {
     let a = Runtime::builder().namespace("a").build().await.expect("a");
     let b = Runtime::builder().namespace("b").build().await.expect("b");
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     a.scope(short(1, &calls)).await;
     b.scope(short(1, &calls)).await;
     a.scope(short(1, &calls)).await;
@@ -125,7 +125,7 @@ async fn two_scoped_runtimes_are_independent() {
 async fn a_site_with_a_malformed_template_runs_uncached_instead_of_failing() {
     static BAD: Site = Site::new("embedded::bad", "<a><b>", SiteOptions::DEFAULT);
     let rt = Runtime::builder().build().await.expect("embedded");
-    let calls = Calls::default();
+    let calls = BodyRuns::default();
     for _ in 0..2 {
         let c = calls.clone();
         let v = rt

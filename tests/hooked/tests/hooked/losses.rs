@@ -3,8 +3,7 @@
 //! publish that failed at its origin with no later invalidation each make the receiver start
 //! a new L1 epoch; and the bus cannot die silently (a panicking handler is restarted).
 
-#[path = "../../support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@
 //! `invalidate_all_<fn>()` / `invalidate_all()` through L2, and its own `invalidate_<fn>(k)`
 //! removes the entry every instance reads.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

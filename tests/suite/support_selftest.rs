@@ -3,7 +3,7 @@
 //! one kind only; its server faults (`CLIENT PAUSE`, `DEBUG SLEEP`, `maxmemory`) take effect;
 //! and its log capture keeps each test's events apart.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -2,8 +2,7 @@
 //! probes) live where no rendered key lands, whatever the template and the values; functions
 //! that render the same key never share a flight; sharing a template is reported.
 
-#[path = "../../support/mod.rs"]
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -161,9 +160,9 @@ async fn functions_sharing_a_key_never_share_a_flight_and_are_reported() {
     let s = rt.stats();
     let conflicts = |site: &str| s.site(site).map_or(0, |c| c.template_conflicts);
     assert_eq!(
-        conflicts("keyspace::left")
-            + conflicts("keyspace::right")
-            + conflicts("keyspace::remote_text"),
+        conflicts(concat!(module_path!(), "::left"))
+            + conflicts(concat!(module_path!(), "::right"))
+            + conflicts(concat!(module_path!(), "::remote_text")),
         2,
         "the second and third site to use the shape are reported: {:?}",
         s.sites

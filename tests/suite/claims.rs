@@ -1,7 +1,7 @@
 //! Claims of the README and the crate docs that no other test pins down: each test names the
 //! sentence it proves.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
