@@ -17,6 +17,7 @@ mod keys;
 mod l1_keys;
 mod l2;
 mod r#macro;
+mod negative;
 mod resilience;
 mod security;
 mod support_selftest;

@@ -23,6 +23,15 @@ pub(crate) enum Returns {
     Value,
 }
 
+/// What `cache_none` / `cache_err` caches besides values.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) enum Negative {
+    /// `cache_none`: a `None`.
+    None,
+    /// `cache_err`: an `Err`.
+    Err,
+}
+
 pub(crate) struct Options {
     pub(crate) key: Option<LitStr>,
     pub(crate) ttl_ms: u64,
@@ -46,6 +55,8 @@ pub(crate) struct Options {
     /// `trace_keys = true`: the key on the call's span.
     pub(crate) trace_keys: bool,
     pub(crate) returns: Option<(Returns, Span)>,
+    /// `cache_none = "30s"` / `cache_err = "5s"`: negative answers cached for that long (ms).
+    pub(crate) negative: Option<(Negative, u64, Span)>,
     /// The `Self` type as written, passed down by `#[tiered_cache]` on the enclosing `impl`.
     pub(crate) self_type: Option<String>,
     /// The path of the `tiered` crate (`crate = "…"`), for a renamed dependency.
@@ -61,7 +72,7 @@ impl Options {
     }
 }
 
-const KNOWN: &str = "`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`, `jitter`, `fail_safe`, `soft_timeout`, `hard_timeout`, `refresh_ahead`, `background_writes`, `detach`, `trace_keys`, `returns`, `crate`";
+const KNOWN: &str = "`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`, `jitter`, `fail_safe`, `soft_timeout`, `hard_timeout`, `refresh_ahead`, `background_writes`, `detach`, `trace_keys`, `cache_none`, `cache_err`, `returns`, `crate`";
 const STRATEGIES: &[(&str, u64)] = &[
     ("RealTime", 10_000),
     ("ShortTerm", 300_000),
@@ -86,6 +97,7 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Options {
         detach: true,
         trace_keys: false,
         returns: None,
+        negative: None,
         self_type: None,
         krate: None,
     };
@@ -184,6 +196,23 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Options {
                             "soft_timeout" => o.soft_timeout_ms = Some((ms, lit.span())),
                             _ => o.hard_timeout_ms = Some((ms, lit.span())),
                         },
+                        Err(msg) => errors.at(lit.span(), msg.replacen("ttl", &name, 1)),
+                    }
+                }
+            }
+            "cache_none" | "cache_err" => {
+                if let Some(lit) = string(&m.value, &name, errors) {
+                    let which = if name == "cache_none" {
+                        Negative::None
+                    } else {
+                        Negative::Err
+                    };
+                    match parse_ttl(&lit.value()) {
+                        Ok(_) if o.negative.is_some() => errors.at(
+                            span,
+                            "`cache_none` and `cache_err` exclude each other: `cache_none` is for a function that returns an `Option`, `cache_err` for one that returns a `Result`",
+                        ),
+                        Ok(ms) => o.negative = Some((which, ms, lit.span())),
                         Err(msg) => errors.at(lit.span(), msg.replacen("ttl", &name, 1)),
                     }
                 }

@@ -6,7 +6,7 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::ItemFn;
 
-use crate::attr::{self, Returns, SpanOf, Tiers};
+use crate::attr::{self, Negative, Returns, SpanOf, Tiers};
 use crate::errors::Errors;
 use crate::signature::{self, Shape};
 use crate::template::{self, Template};
@@ -229,7 +229,7 @@ fn generate(
         };
         #krate::private::cacheable((&&&&#krate::private::KindProbe::<#ret>::new()).kind())
     }};
-    let kind = match opts.returns {
+    let declared = match opts.returns {
         None => probe,
         Some((Returns::Value, span)) => {
             quote_spanned!(span=> #krate::private::declared_value(#probe))
@@ -241,6 +241,18 @@ fn generate(
             quote_spanned!(span=> #krate::private::declared_option(#probe))
         }
     };
+    // Negative caching turns the kind into the one that caches the `None` / `Err` too; a
+    // return type it does not apply to is an error at the option's value.
+    let kind = match opts.negative {
+        None => declared,
+        Some((Negative::None, _, span)) => {
+            quote_spanned!(span=> #krate::private::negative_none(#declared))
+        }
+        Some((Negative::Err, _, span)) => {
+            quote_spanned!(span=> #krate::private::negative_err(#declared))
+        }
+    };
+    let negative_ttl = millis_of(opts.negative.map(|n| n.1));
 
     // The schema fingerprint's source: the return type as written (white space removed), so
     // it is the same for every build and toolchain.
@@ -256,10 +268,7 @@ fn generate(
         Some(p) => quote!(::core::option::Option::Some(#p)),
         None => quote!(::core::option::Option::None),
     };
-    let millis = |ms: Option<u64>| match ms {
-        Some(ms) => quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms))),
-        None => quote!(::core::option::Option::None),
-    };
+    let millis = millis_of;
     let fail_safe = millis(opts.fail_safe_ms);
     let soft_timeout = millis(opts.soft_timeout_ms.map(|t| t.0));
     let hard_timeout = millis(opts.hard_timeout_ms.map(|t| t.0));
@@ -401,6 +410,7 @@ fn generate(
                     refresh_ahead: #refresh_ahead,
                     background_writes: #background_writes,
                     trace_keys: #trace_keys,
+                    negative_ttl: #negative_ttl,
                 },
             );
             &__TIERED_SITE
@@ -418,5 +428,13 @@ fn generate(
         #vis async fn #companion_all() -> ::core::result::Result<(), #krate::Error> {
             #krate::Runtime::current().invalidate_site(#site_call).await
         }
+    }
+}
+
+/// `Some(Duration::from_millis(ms))` / `None` as tokens.
+fn millis_of(ms: Option<u64>) -> TokenStream {
+    match ms {
+        Some(ms) => quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms))),
+        None => quote!(::core::option::Option::None),
     }
 }

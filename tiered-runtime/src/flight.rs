@@ -247,6 +247,9 @@ impl Runtime {
                     .read_replica::<K::Value>(l2, site, &key, site.fingerprint())
                     .await
             {
+                if K::negative(&value) {
+                    Counters::bump(&c.negative_hits);
+                }
                 guard.complete(|| Shared::Value(Arc::new(value.clone())), || {});
                 return Begin::Done(K::from_value(value));
             }
@@ -262,6 +265,9 @@ impl Runtime {
                     ..
                 } => {
                     Counters::bump(&c.l2_hits);
+                    if K::negative(&value) {
+                        Counters::bump(&c.negative_hits);
+                    }
                     outcome("l2");
                     #[cfg(feature = "test-hooks")]
                     inner.local.hooks.promotion.pass().await;
@@ -592,20 +598,26 @@ impl<K: ReturnKind> Plan<K> {
                 resume_unwind(panic)
             }
         };
+        // Fail-safe first: a failed body with a stale value answers with it (also when
+        // `cache_err` would cache the `Err`).
+        if K::failed(&out)
+            && !refresh
+            && !guard.poisoned()
+            && let Some(stale) = stale
+        {
+            return rt
+                .serve_stale::<K>(site, &key, guard, write, lock, stale, digest, epoch)
+                .await;
+        }
         match K::cached(&out) {
             Some(v) => {
-                rt.store(site, &key, guard, write, lock, v, digest, epoch)
+                let negative = K::negative(v);
+                if negative {
+                    Counters::bump(&c.negative_stored);
+                }
+                rt.store(site, &key, guard, write, lock, v, negative, digest, epoch)
                     .await;
                 out
-            }
-            None if K::failed(&out) && !refresh && stale.is_some() && !guard.poisoned() => {
-                match stale {
-                    Some(stale) => {
-                        rt.serve_stale::<K>(site, &key, guard, write, lock, stale, digest, epoch)
-                            .await
-                    }
-                    None => out,
-                }
             }
             None => {
                 let shared = kind.share(&out);
@@ -655,15 +667,26 @@ impl Runtime {
         write: Write,
         lock: Option<(String, Vec<u8>)>,
         v: &V,
+        negative: bool,
         digest: Digest,
         epoch: u64,
     ) {
         let c = self.table().site(site);
         let cfg = &self.inner.config;
-        // The lifetime of what this flight writes, in L2 and L1 alike (jittered).
-        let ttl = self.write_ttl(site);
-        let keep = ttl + self.fail_safe(site).unwrap_or_default();
-        let refresh_at = site.options().refresh_ahead.map(|f| ttl.mul_f32(f));
+        // The lifetime of what this flight writes, in L2 and L1 alike (jittered); a negative
+        // answer lives for its own TTL, never kept stale, never refreshed ahead.
+        let (ttl, keep, refresh_at) = match site.options().negative_ttl.filter(|_| negative) {
+            Some(ttl) => (ttl, ttl, None),
+            None => {
+                let ttl = self.write_ttl(site);
+                let keep = ttl + self.fail_safe(site).unwrap_or_default();
+                (
+                    ttl,
+                    keep,
+                    site.options().refresh_ahead.map(|f| ttl.mul_f32(f)),
+                )
+            }
+        };
         let l1 = if site.options().tiers.l1() {
             self.l1::<V>(site)
         } else {

@@ -131,8 +131,8 @@ pub use config::{
 pub use error::{Error, Result};
 pub use key::Key;
 pub use memoize::{
-    CacheValue, Fallible, FallibleFrom, FallibleUncloneable, Optional, Plain, Prepared, ReturnKind,
-    memoize, prepare,
+    CacheValue, CachedErr, CachedNone, Fallible, FallibleFrom, FallibleUncloneable, Optional,
+    Plain, Prepared, ReturnKind, memoize, prepare,
 };
 pub use runtime::{Runtime, stats};
 pub use site::{Site, SiteOptions, Strategy, Tiers};

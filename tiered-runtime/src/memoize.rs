@@ -48,6 +48,13 @@ pub trait ReturnKind: 'static {
         let _ = out;
         false
     }
+    /// Whether a cached value is a negative answer (a `None` or an `Err` kept by
+    /// `cache_none` / `cache_err`): stored for the site's `negative_ttl`, without fail-safe
+    /// keeping or refresh-ahead, and counted in `negative_stored` / `negative_hits`.
+    fn negative(v: &Self::Value) -> bool {
+        let _ = v;
+        false
+    }
 }
 
 /// Any `T`: always cached.
@@ -110,7 +117,14 @@ macro_rules! kind_constructors {
         }
     )*};
 }
-kind_constructors!(Plain<T>, Optional<T>, Fallible<T, E>, FallibleUncloneable<T, E>);
+kind_constructors!(
+    Plain<T>,
+    Optional<T>,
+    Fallible<T, E>,
+    FallibleUncloneable<T, E>,
+    CachedNone<T>,
+    CachedErr<T, E>
+);
 
 /// The cached-value bound shared by every kind.
 #[diagnostic::on_unimplemented(
@@ -177,6 +191,63 @@ impl<T: CacheValue, E: Clone + Send + Sync + 'static> ReturnKind for Fallible<T,
     }
     fn unshare(&self, shared: &(dyn Any + Send + Sync)) -> Option<Result<T, E>> {
         shared.downcast_ref::<E>().map(|e| Err(e.clone()))
+    }
+}
+
+/// `Option<T>` with `cache_none`: a `None` is cached too, for the site's `negative_ttl`
+/// (negative caching).
+#[derive(Debug, Clone, Copy)]
+pub struct CachedNone<T>(PhantomData<fn() -> T>);
+
+/// `Result<T, E>` with `cache_err` (`E: Clone + Serialize + DeserializeOwned`): an `Err` is
+/// cached too, for the site's `negative_ttl` (negative caching). Fail-safe still answers a
+/// failed body with a stale value when it has one; the `Err` is cached only when it reaches
+/// the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct CachedErr<T, E>(PhantomData<fn() -> (T, E)>);
+
+impl<T: CacheValue> ReturnKind for CachedNone<T> {
+    type Output = Option<T>;
+    type Value = Option<T>;
+    fn cached(out: &Option<T>) -> Option<&Option<T>> {
+        Some(out)
+    }
+    fn from_value(v: Option<T>) -> Option<T> {
+        v
+    }
+    fn share(&self, _: &Option<T>) -> Option<Arc<dyn Any + Send + Sync>> {
+        None
+    }
+    fn unshare(&self, _: &(dyn Any + Send + Sync)) -> Option<Option<T>> {
+        None
+    }
+    #[inline]
+    fn negative(v: &Option<T>) -> bool {
+        v.is_none()
+    }
+}
+
+impl<T: CacheValue, E: CacheValue> ReturnKind for CachedErr<T, E> {
+    type Output = Result<T, E>;
+    type Value = Result<T, E>;
+    fn cached(out: &Result<T, E>) -> Option<&Result<T, E>> {
+        Some(out)
+    }
+    fn from_value(v: Result<T, E>) -> Result<T, E> {
+        v
+    }
+    fn failed(out: &Result<T, E>) -> bool {
+        out.is_err()
+    }
+    fn share(&self, _: &Result<T, E>) -> Option<Arc<dyn Any + Send + Sync>> {
+        None
+    }
+    fn unshare(&self, _: &(dyn Any + Send + Sync)) -> Option<Result<T, E>> {
+        None
+    }
+    #[inline]
+    fn negative(v: &Result<T, E>) -> bool {
+        v.is_err()
     }
 }
 
@@ -294,7 +365,16 @@ pub(crate) fn prepare_with<K: ReturnKind, A: Args + ?Sized>(
     Prepared {
         site,
         kind,
-        lookup: with_current(|rt| rt.lookup::<K::Value, A>(site, args)),
+        lookup: with_current(|rt| {
+            let lookup = rt.lookup::<K::Value, A>(site, args);
+            // A constant `false` for every kind but the negative-caching ones.
+            if let Lookup::Hit(v) | Lookup::Refresh(v, ..) = &lookup
+                && K::negative(v)
+            {
+                Counters::bump(&rt.table().site(site).negative_hits);
+            }
+            lookup
+        }),
         error: None,
     }
 }

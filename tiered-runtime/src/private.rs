@@ -4,7 +4,8 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use crate::memoize::{
-    CacheValue, Fallible, FallibleFrom, FallibleUncloneable, Optional, Plain, ReturnKind,
+    CacheValue, CachedErr, CachedNone, Fallible, FallibleFrom, FallibleUncloneable, Optional,
+    Plain, ReturnKind,
 };
 pub use crate::memoize::{Prepared, prepare};
 
@@ -213,6 +214,71 @@ impl<T, E> KindValue for FallibleFrom<T, E> {
 }
 impl<T, E> KindValue for FallibleUncloneable<T, E> {
     type Value = T;
+}
+
+impl<T> KindValue for CachedNone<T> {
+    type Value = Option<T>;
+}
+impl<T, E> KindValue for CachedErr<T, E> {
+    type Value = Result<T, E>;
+}
+
+/// The kinds `cache_none` applies to: an `Option`.
+#[diagnostic::on_unimplemented(
+    message = "`cache_none` needs a function that returns an `Option`",
+    label = "not an `Option` (also behind a type alias)",
+    note = "remove `cache_none`, or use `cache_err` for a `Result`"
+)]
+pub trait NegativeNone {
+    /// The kind that caches `None` too.
+    type Negative;
+}
+impl<T> NegativeNone for Optional<T> {
+    type Negative = CachedNone<T>;
+}
+
+/// The kinds `cache_err` applies to: a `Result`.
+#[diagnostic::on_unimplemented(
+    message = "`cache_err` needs a function that returns a `Result`",
+    label = "not a `Result` (also behind a type alias)",
+    note = "remove `cache_err`, or use `cache_none` for an `Option`"
+)]
+pub trait NegativeErr {
+    /// The kind that caches `Err` too.
+    type Negative;
+}
+impl<T, E> NegativeErr for Fallible<T, E> {
+    type Negative = CachedErr<T, E>;
+}
+impl<T, E> NegativeErr for FallibleFrom<T, E> {
+    type Negative = CachedErr<T, E>;
+}
+impl<T, E> NegativeErr for FallibleUncloneable<T, E> {
+    type Negative = CachedErr<T, E>;
+}
+
+/// The error type a `cache_err` function caches: `Clone + Serialize + DeserializeOwned`.
+#[diagnostic::on_unimplemented(
+    message = "`cache_err` caches the error, and `{Self}` cannot be cached by tiered",
+    label = "this error type must be Clone + Serialize + DeserializeOwned + Send + Sync + 'static",
+    note = "derive `Clone`, `serde::Serialize` and `serde::Deserialize` for `{Self}`, or remove `cache_err`"
+)]
+pub trait CacheableErr {}
+impl<E: CacheValue> CacheableErr for E {}
+
+/// `cache_none`: the kind taken from the type, turned into the one that caches `None`.
+pub fn negative_none<K: NegativeNone>(_kind: K) -> K::Negative
+where
+    K::Negative: Default,
+{
+    K::Negative::default()
+}
+
+/// `cache_err`: the kind taken from the type, turned into the one that caches `Err`.
+pub fn negative_err<T, E: CacheableErr, K: NegativeErr<Negative = CachedErr<T, E>>>(
+    _kind: K,
+) -> CachedErr<T, E> {
+    CachedErr::default()
 }
 
 /// Requires the kind's value type to be cacheable (see [`KindValue`]).

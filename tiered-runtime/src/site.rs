@@ -88,6 +88,10 @@ pub struct SiteOptions {
     /// Records the rendered key on this function's `tiered.call` spans (field `key`). Off by
     /// default: keys carry the arguments, which may be user data.
     pub trace_keys: bool,
+    /// The TTL of a negative answer (`cache_none = "…"` / `cache_err = "…"`: a `None` or an
+    /// `Err` cached like a value, with a return kind that caches it). `None`: negative
+    /// answers are not cached.
+    pub negative_ttl: Option<Duration>,
 }
 
 impl SiteOptions {
@@ -104,6 +108,7 @@ impl SiteOptions {
         refresh_ahead: None,
         background_writes: None,
         trace_keys: false,
+        negative_ttl: None,
     };
 }
 
@@ -212,7 +217,14 @@ impl Site {
     /// Schema fingerprint of this site's values: its schema (else its name) and `version`.
     pub(crate) fn fingerprint(&self) -> &[u8; 16] {
         self.fingerprint.get_or_init(|| {
-            crate::codec::fingerprint(self.schema.unwrap_or(self.name), self.options.version)
+            let schema = self.schema.unwrap_or(self.name);
+            if self.options.negative_ttl.is_some() {
+                // The cached value is the whole `Option`/`Result`, not its `Some`/`Ok` value:
+                // another schema than the same function without negative caching.
+                crate::codec::fingerprint(&format!("{schema} +negative"), self.options.version)
+            } else {
+                crate::codec::fingerprint(schema, self.options.version)
+            }
         })
     }
 

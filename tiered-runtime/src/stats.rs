@@ -159,6 +159,12 @@ counters! {
     /// Replica reads that found nothing usable (no value, an expired or older value, a
     /// lease, a failure): the call read the master as usual.
     replica_fallbacks,
+    /// Negative answers (a `None` with `cache_none`, an `Err` with `cache_err`) cached, for
+    /// their own TTL.
+    negative_stored,
+    /// Calls answered with a cached negative answer (from L1 or L2; also counted in
+    /// `l1_hits` / `l2_hits`).
+    negative_hits,
 }
 
 impl Counters {
