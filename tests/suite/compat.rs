@@ -1,5 +1,5 @@
 //! Rolling deploys: two wire versions side by side in one Redis. This build (envelope wire 4,
-//! bus 2) next to writers of wire 1, 2 and 3 (the previous envelopes) and a writer of wire 5 (a
+//! bus 2) next to writers of wire 1, 2 and 3 (the previous envelopes) and a writer of wire 6 (a
 //! future one), in the roles they play during a deploy: nobody deletes the other's values in a loop,
 //! and nobody misses the other's invalidations.
 
@@ -21,7 +21,7 @@ fn fingerprint() -> [u8; 16] {
 }
 
 /// `value` in the envelope of another wire version (1: no generations; 2: generations, no
-/// expiry; 3: an expiry, no "kept until" nor nonce; 5: a future layout this build cannot know).
+/// expiry; 3: an expiry, no "kept until" nor nonce; 6: a future layout this build cannot know).
 fn envelope(version: u8, value: u64) -> Vec<u8> {
     let v4 = codec::encode(&fingerprint(), Stamp::default(), &value).expect("encode");
     let header = match version {
@@ -55,7 +55,7 @@ async fn two_wire_versions_side_by_side_neither_deletes_the_others_values() {
     assert_eq!(rt.stats().total.computations, 0);
     // A newer writer's value: a miss for this build, never deleted nor overwritten, however
     // often it is read.
-    let newer = envelope(5, 42);
+    let newer = envelope(6, 42);
     redis.set("cp:w:<2>", &newer);
     for _ in 0..3 {
         rt.flush_l1();

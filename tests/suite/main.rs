@@ -21,3 +21,4 @@ mod negative;
 mod resilience;
 mod security;
 mod support_selftest;
+mod tags;

@@ -57,6 +57,8 @@ pub(crate) struct Options {
     pub(crate) returns: Option<(Returns, Span)>,
     /// `cache_none = "30s"` / `cache_err = "5s"`: negative answers cached for that long (ms).
     pub(crate) negative: Option<(Negative, u64, Span)>,
+    /// `tags = ["tenant:<tenant>", …]`: the tag templates as written, and the option's span.
+    pub(crate) tags: Option<(Vec<LitStr>, Span)>,
     /// The `Self` type as written, passed down by `#[tiered_cache]` on the enclosing `impl`.
     pub(crate) self_type: Option<String>,
     /// The path of the `tiered` crate (`crate = "…"`), for a renamed dependency.
@@ -72,7 +74,10 @@ impl Options {
     }
 }
 
-const KNOWN: &str = "`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`, `jitter`, `fail_safe`, `soft_timeout`, `hard_timeout`, `refresh_ahead`, `background_writes`, `detach`, `trace_keys`, `cache_none`, `cache_err`, `returns`, `crate`";
+const KNOWN: &str = "`key`, `strategy`, `ttl`, `promote`, `tiers`, `version`, `jitter`, `fail_safe`, `soft_timeout`, `hard_timeout`, `refresh_ahead`, `background_writes`, `detach`, `trace_keys`, `cache_none`, `cache_err`, `tags`, `returns`, `crate`";
+
+/// Tags a function may declare (the runtime's `codec::MAX_TAGS`).
+pub(crate) const MAX_TAGS: usize = 4;
 const STRATEGIES: &[(&str, u64)] = &[
     ("RealTime", 10_000),
     ("ShortTerm", 300_000),
@@ -98,6 +103,7 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Options {
         trace_keys: false,
         returns: None,
         negative: None,
+        tags: None,
         self_type: None,
         krate: None,
     };
@@ -200,6 +206,31 @@ pub(crate) fn parse(args: TokenStream, errors: &mut Errors) -> Options {
                     }
                 }
             }
+            "tags" => match &m.value {
+                Expr::Array(array) => {
+                    let mut tags = Vec::new();
+                    for elem in &array.elems {
+                        match lit(elem) {
+                            Some(Lit::Str(s)) => tags.push(s.clone()),
+                            _ => errors.at(
+                                elem.span_of(),
+                                "a tag is a string literal, a template like the key's: `\"tenant:<tenant>\"`",
+                            ),
+                        }
+                    }
+                    if tags.len() > MAX_TAGS {
+                        errors.at(
+                            m.value.span_of(),
+                            format!("at most {MAX_TAGS} tags per function"),
+                        );
+                    }
+                    o.tags = Some((tags, span));
+                }
+                _ => errors.at(
+                    m.value.span_of(),
+                    "`tags` takes an array of string literals, e.g. `tags = [\"tenant:<tenant>\"]`",
+                ),
+            },
             "cache_none" | "cache_err" => {
                 if let Some(lit) = string(&m.value, &name, errors) {
                     let which = if name == "cache_none" {

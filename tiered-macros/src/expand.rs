@@ -30,6 +30,7 @@ pub(crate) fn tiered_cache(args: TokenStream, item: TokenStream) -> TokenStream 
     if let (Some(t), Some(lit)) = (&template, &opts.key) {
         check_placeholders(t, &shape, lit, &mut errors);
     }
+    positional_tags(&opts, template.as_ref(), &shape, &mut errors);
     if shape.receiver.is_some() && opts.self_type.is_none() {
         errors.at(
             f.sig.ident.span(),
@@ -253,6 +254,8 @@ fn generate(
         }
     };
     let negative_ttl = millis_of(opts.negative.map(|n| n.1));
+    // Checked (and reported) before generation: here only the positional forms.
+    let tags = positional_tags(opts, template, shape, &mut Errors::default());
 
     // The schema fingerprint's source: the return type as written (white space removed), so
     // it is the same for every build and toolchain.
@@ -411,6 +414,7 @@ fn generate(
                     background_writes: #background_writes,
                     trace_keys: #trace_keys,
                     negative_ttl: #negative_ttl,
+                    tags: &[#(#tags),*],
                 },
             );
             &__TIERED_SITE
@@ -437,4 +441,81 @@ fn millis_of(ms: Option<u64>) -> TokenStream {
         Some(ms) => quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms))),
         None => quote!(::core::option::Option::None),
     }
+}
+
+/// The tag templates with each placeholder turned into the position of the same placeholder
+/// in the key (`tenant:<tenant>` with the key `t:<tenant>:<id>` is `tenant:<0>`), the form the
+/// runtime renders. A tag may use only the key's placeholders, so that the entry under one key
+/// always carries the same tags; anything else is an error at the tag.
+fn positional_tags(
+    opts: &attr::Options,
+    template: Option<&Template>,
+    shape: &Shape,
+    errors: &mut Errors,
+) -> Vec<String> {
+    let Some((tags, _)) = &opts.tags else {
+        return Vec::new();
+    };
+    // The key's placeholders as written (`user.id`), in order: the template's, or every
+    // argument for the default key.
+    let key: Vec<String> = match template {
+        Some(t) => t
+            .placeholders
+            .iter()
+            .map(|p| {
+                std::iter::once(p.root.as_str())
+                    .chain(p.fields.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(".")
+            })
+            .collect(),
+        None => shape.args.iter().map(|a| a.ident.to_string()).collect(),
+    };
+    let mut out = Vec::new();
+    for lit in tags {
+        let text = lit.value();
+        if text.is_empty() {
+            errors.at(lit.span(), "a tag template is empty");
+            continue;
+        }
+        let mut positional = String::new();
+        let mut rest = text.as_str();
+        let mut ok = true;
+        while let Some(open) = rest.find('<') {
+            positional.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('>') else {
+                errors.at(
+                    lit.span(),
+                    format!("unterminated placeholder `<{after}` in a tag: add `>`"),
+                );
+                ok = false;
+                break;
+            };
+            let name: String = after[..close]
+                .split('.')
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(".");
+            match key.iter().position(|k| *k == name) {
+                Some(i) => positional.push_str(&format!("<{i}>")),
+                None => {
+                    errors.at(
+                        lit.span(),
+                        format!(
+                            "the tag's placeholder `<{name}>` is not one of the key's ({}): a tag may use only the key's placeholders, so that the entry under one key always carries the same tags",
+                            key.iter().map(|k| format!("`<{k}>`")).collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+            rest = &after[close + 1..];
+        }
+        positional.push_str(rest);
+        if ok {
+            out.push(positional);
+        }
+    }
+    out
 }

@@ -1,6 +1,7 @@
 //! The L2 wire format: an envelope around a MessagePack payload.
 //!
 //! ```text
+//! value, wire 5:  the wire-4 header | tag count n (u8, ≤ 4) | n tag generations (u64 LE) | payload
 //! value, wire 4:  b"tR" | 4 | 0 (value) | fingerprint (16) | namespace gen (u64 LE) | site gen (u64 LE) | expires at (u64 LE) | kept until (u64 LE) | nonce (u64 LE) | payload
 //! value, wire 3:  b"tR" | 3 | 0 (value) | fingerprint (16) | namespace gen (u64 LE) | site gen (u64 LE) | expires at (u64 LE) | payload
 //! value, wire 2:  b"tR" | 2 | 0 (value) | fingerprint (16) | namespace gen (u64 LE) | site gen (u64 LE) | payload
@@ -18,6 +19,8 @@
 //! at" when fail-safe keeps the value past its TTL as a stale fallback (equal otherwise; read as
 //! "expires at" for older wires). The nonce is random per write: the header of an envelope
 //! ([`version_tag`]) identifies one write, so that a refresh overwrites only the version it read.
+//! Wire 5 is wire 4 with the generations of the entry's tags (in the order the function
+//! declares them), written only for a function with tags (every other value stays wire 4).
 //! The two generations are the ones the writer read under
 //! (see the `coherence` module): an entry stamped with an older generation than the current one
 //! is a miss. Decoding checks, in this order, the size bound, the magic, the wire version, the
@@ -37,8 +40,12 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 const MAGIC: [u8; 2] = *b"tR";
-/// Version of the value envelope this build writes.
+/// Version of the value envelope this build writes for a function without tags.
 pub const WIRE_VERSION: u8 = 4;
+/// Version of the value envelope of a function with tags: wire 4 and the tags' generations.
+pub const TAGGED_WIRE_VERSION: u8 = 5;
+/// Tags a function may declare.
+pub const MAX_TAGS: usize = 4;
 /// Version byte of a lease (unchanged since wire 1).
 const LEASE_VERSION: u8 = 1;
 const KIND_VALUE: u8 = 0;
@@ -59,18 +66,54 @@ pub struct Stamp {
     pub namespace: u64,
     /// The function's generation.
     pub site: u64,
+    /// The generations of the entry's tags, in the order the function declares them.
+    pub tags: TagGens,
+}
+
+/// The generations of an entry's tags (at most [`MAX_TAGS`]); a tag that was never
+/// invalidated has generation 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TagGens {
+    gens: [u64; MAX_TAGS],
+    len: u8,
+}
+
+impl TagGens {
+    /// The generations in `gens` (the first [`MAX_TAGS`]).
+    pub fn from_slice(gens: &[u64]) -> TagGens {
+        let mut t = TagGens::default();
+        for (slot, g) in t.gens.iter_mut().zip(gens) {
+            *slot = *g;
+        }
+        t.len = gens.len().min(MAX_TAGS) as u8;
+        t
+    }
+
+    /// The generations, in tag order.
+    pub fn as_slice(&self) -> &[u64] {
+        &self.gens[..usize::from(self.len).min(MAX_TAGS)]
+    }
+
+    /// Generation `i` (0 for a tag the stamp does not carry).
+    fn get(&self, i: usize) -> u64 {
+        self.as_slice().get(i).copied().unwrap_or(0)
+    }
 }
 
 impl Stamp {
-    /// Whether an entry stamped `self` was written before a group invalidation that `current`
-    /// already reflects.
+    /// Whether an entry stamped `self` was written before a group invalidation (of the
+    /// namespace, the function or one of its tags) that `current` already reflects.
     pub fn is_older_than(&self, current: &Stamp) -> bool {
-        self.namespace < current.namespace || self.site < current.site
+        self.namespace < current.namespace
+            || self.site < current.site
+            || (0..current.tags.as_slice().len()).any(|i| self.tags.get(i) < current.tags.get(i))
     }
 
     /// Whether `self` reflects a group invalidation that `known` does not.
     pub fn is_newer_than(&self, known: &Stamp) -> bool {
-        self.namespace > known.namespace || self.site > known.site
+        self.namespace > known.namespace
+            || self.site > known.site
+            || (0..self.tags.as_slice().len()).any(|i| self.tags.get(i) > known.tags.get(i))
     }
 }
 
@@ -166,9 +209,14 @@ pub fn encode_entry<T: Serialize + ?Sized>(
     times: Times,
     value: &T,
 ) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-    let mut out = Vec::with_capacity(HEADER_LEN + 64);
+    let tags = stamp.tags.as_slice();
+    let mut out = Vec::with_capacity(HEADER_LEN + 1 + 8 * tags.len() + 64);
     out.extend_from_slice(&MAGIC);
-    out.push(WIRE_VERSION);
+    out.push(if tags.is_empty() {
+        WIRE_VERSION
+    } else {
+        TAGGED_WIRE_VERSION
+    });
     out.push(KIND_VALUE);
     out.extend_from_slice(fingerprint);
     out.extend_from_slice(&stamp.namespace.to_le_bytes());
@@ -176,6 +224,12 @@ pub fn encode_entry<T: Serialize + ?Sized>(
     out.extend_from_slice(&times.expires_at.to_le_bytes());
     out.extend_from_slice(&times.kept_until.to_le_bytes());
     out.extend_from_slice(&times.nonce.to_le_bytes());
+    if !tags.is_empty() {
+        out.push(tags.len() as u8);
+        for g in tags {
+            out.extend_from_slice(&g.to_le_bytes());
+        }
+    }
     value.serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())?;
     Ok(out)
 }
@@ -237,7 +291,11 @@ pub fn decode<T: DeserializeOwned>(
         2 => HEADER_V2,
         3 => HEADER_V3,
         WIRE_VERSION => HEADER_LEN,
-        v if v > WIRE_VERSION => return Err(DecodeError::Newer(v)),
+        TAGGED_WIRE_VERSION => match bytes.get(HEADER_LEN) {
+            Some(&n) if usize::from(n) <= MAX_TAGS => HEADER_LEN + 1 + 8 * usize::from(n),
+            _ => return Err(DecodeError::Foreign),
+        },
+        v if v > TAGGED_WIRE_VERSION => return Err(DecodeError::Newer(v)),
         v => return Err(DecodeError::WireVersion(v)),
     };
     if bytes[3] != KIND_VALUE {
@@ -249,13 +307,23 @@ pub fn decode<T: DeserializeOwned>(
     let Some(payload) = bytes.get(header..) else {
         return Err(DecodeError::Foreign);
     };
-    let stamp = match bytes.get(HEADER_V1..header.min(HEADER_V2)) {
+    let mut stamp = match bytes.get(HEADER_V1..header.min(HEADER_V2)) {
         Some(g) if g.len() == 16 => Stamp {
             namespace: u64::from_le_bytes(array8(&g[..8])),
             site: u64::from_le_bytes(array8(&g[8..])),
+            tags: TagGens::default(),
         },
         _ => Stamp::default(),
     };
+    if header > HEADER_LEN
+        && let Some(gens) = bytes.get(HEADER_LEN + 1..header)
+    {
+        let mut tags = [0u64; MAX_TAGS];
+        for (slot, g) in tags.iter_mut().zip(gens.chunks_exact(8)) {
+            *slot = u64::from_le_bytes(array8(g));
+        }
+        stamp.tags = TagGens::from_slice(&tags[..gens.len() / 8]);
+    }
     let mut de = rmp_serde::Deserializer::new(Cursor::new(payload));
     let value = T::deserialize(&mut de).map_err(|e| DecodeError::Payload(e.to_string()))?;
     let consumed = usize::try_from(de.position()).unwrap_or(usize::MAX);
@@ -297,7 +365,7 @@ pub fn kept_until(bytes: &[u8]) -> Option<u64> {
 /// The bytes that identify one write of an envelope: its header (wire 4, which carries a
 /// random nonce), else the whole envelope.
 pub fn version_tag(bytes: &[u8]) -> &[u8] {
-    if bytes.get(2) == Some(&WIRE_VERSION) && bytes.len() >= HEADER_LEN {
+    if bytes.get(2).is_some_and(|v| *v >= WIRE_VERSION) && bytes.len() >= HEADER_LEN {
         &bytes[..HEADER_LEN]
     } else {
         bytes
@@ -307,7 +375,7 @@ pub fn version_tag(bytes: &[u8]) -> &[u8] {
 /// The same wire-4 envelope with a new expiry and nonce (a stale value re-cached for fail-safe's
 /// throttle period); `None` for older wires.
 pub(crate) fn with_expiry(bytes: &[u8], expires_at: u64, nonce: u64) -> Option<Vec<u8>> {
-    if bytes.get(2) != Some(&WIRE_VERSION) || bytes.len() < HEADER_LEN {
+    if bytes.get(2).is_none_or(|v| *v < WIRE_VERSION) || bytes.len() < HEADER_LEN {
         return None;
     }
     let mut out = bytes.to_vec();
@@ -336,6 +404,10 @@ mod tests {
     const S: Stamp = Stamp {
         namespace: 3,
         site: 4,
+        tags: TagGens {
+            gens: [0; MAX_TAGS],
+            len: 0,
+        },
     };
 
     #[test]
@@ -398,6 +470,48 @@ mod tests {
         assert_eq!(
             (expires_at(&v3), kept_until(&v3)),
             (Some(1_234_567), Some(1_234_567))
+        );
+    }
+
+    #[test]
+    fn tagged_values_are_wire_5_and_carry_their_tags_generations() {
+        let stamp = Stamp {
+            tags: TagGens::from_slice(&[7, 0, 9]),
+            ..S
+        };
+        let t = Times {
+            expires_at: 10,
+            kept_until: 20,
+            nonce: 7,
+        };
+        let bytes = encode_entry(&fp(), stamp, t, &ada()).unwrap_or_default();
+        assert_eq!(bytes[2], TAGGED_WIRE_VERSION);
+        assert_eq!(decode::<Person>(&fp(), &bytes, 1 << 20), Ok((ada(), stamp)));
+        assert_eq!(
+            (expires_at(&bytes), kept_until(&bytes)),
+            (Some(10), Some(20))
+        );
+        assert_eq!(version_tag(&bytes), &bytes[..HEADER_LEN]);
+        let later = with_expiry(&bytes, 30, 8).unwrap_or_default();
+        assert_eq!(expires_at(&later), Some(30));
+        assert_eq!(decode::<Person>(&fp(), &later, 1 << 20), Ok((ada(), stamp)));
+        // A newer tag generation makes it older; an untagged value is wire 4.
+        let current = Stamp {
+            tags: TagGens::from_slice(&[7, 1, 9]),
+            ..S
+        };
+        assert!(stamp.is_older_than(&current) && !current.is_older_than(&stamp));
+        assert!(current.is_newer_than(&stamp));
+        assert_eq!(
+            encode(&fp(), S, &ada()).unwrap_or_default()[2],
+            WIRE_VERSION
+        );
+        // A tag count past the limit is not ours.
+        let mut bad = bytes.clone();
+        bad[HEADER_LEN] = (MAX_TAGS + 1) as u8;
+        assert_eq!(
+            decode::<Person>(&fp(), &bad, 1 << 20),
+            Err(DecodeError::Foreign)
         );
     }
 
@@ -509,7 +623,11 @@ mod tests {
 
     #[test]
     fn stamps_compare_per_generation() {
-        let s = |namespace, site| Stamp { namespace, site };
+        let s = |namespace, site| Stamp {
+            namespace,
+            site,
+            ..Stamp::default()
+        };
         assert!(s(0, 1).is_older_than(&s(0, 2)));
         assert!(s(1, 5).is_older_than(&s(2, 0)));
         assert!(!s(2, 2).is_older_than(&s(2, 2)));

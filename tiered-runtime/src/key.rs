@@ -74,9 +74,10 @@ pub(crate) fn internal(namespace: &str, name: &str) -> String {
     format!("{namespace}:%~{name}")
 }
 
-/// A rendered key: `{namespace}:{template with encoded values}`, digested when long.
+/// A rendered key: `{namespace}:{template with encoded values}`, digested when long (and,
+/// for a function with tags, the entry's rendered tags).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key(String);
+pub struct Key(String, Vec<String>);
 
 impl Key {
     /// The key as stored in L1 and Redis.
@@ -98,7 +99,18 @@ impl Key {
                 let _ = write!(s, "{b:02x}");
             }
         }
-        Key(s)
+        Key(s, Vec::new())
+    }
+
+    /// The same key carrying the entry's rendered tags.
+    pub(crate) fn with_tags(mut self, tags: Vec<String>) -> Key {
+        self.1 = tags;
+        self
+    }
+
+    /// The entry's rendered tags (none for a function without tags).
+    pub(crate) fn tags(&self) -> &[String] {
+        &self.1
     }
 
     #[cfg(test)]
@@ -358,11 +370,18 @@ pub(crate) trait Args {
     fn count(&self) -> usize;
     /// Writes value `i`, escaped.
     fn write_value<S: Sink>(&self, i: usize, out: &mut S);
+    /// Writes value `i` as its `Display` writes it (a tag's value: not escaped).
+    fn write_plain(&self, i: usize, out: &mut String);
 }
 
 impl Args for [&(dyn Display + Sync)] {
     fn count(&self) -> usize {
         self.len()
+    }
+    fn write_plain(&self, i: usize, out: &mut String) {
+        if let Some(v) = self.get(i) {
+            let _ = write!(out, "{v}");
+        }
     }
     #[inline]
     fn write_value<S: Sink>(&self, i: usize, out: &mut S) {
@@ -375,6 +394,15 @@ impl Args for [&(dyn Display + Sync)] {
 impl Args for [KeyPart<'_>] {
     fn count(&self) -> usize {
         self.len()
+    }
+    fn write_plain(&self, i: usize, out: &mut String) {
+        let _ = match self.get(i) {
+            Some(KeyPart::Unsigned(n)) => write!(out, "{n}"),
+            Some(KeyPart::Signed(n)) => write!(out, "{n}"),
+            Some(KeyPart::Str(s)) => write!(out, "{s}"),
+            Some(KeyPart::Display(v)) => write!(out, "{v}"),
+            None => Ok(()),
+        };
     }
     #[inline]
     fn write_value<S: Sink>(&self, i: usize, out: &mut S) {

@@ -118,6 +118,7 @@ pub mod private;
 mod runtime;
 mod site;
 mod stats;
+mod tags;
 #[cfg(feature = "metrics")]
 mod telemetry;
 #[cfg(feature = "testing")]
@@ -134,6 +135,6 @@ pub use memoize::{
     CacheValue, CachedErr, CachedNone, Fallible, FallibleFrom, FallibleUncloneable, Optional,
     Plain, Prepared, ReturnKind, memoize, prepare,
 };
-pub use runtime::{Runtime, stats};
+pub use runtime::{Runtime, invalidate_tag, stats};
 pub use site::{Site, SiteOptions, Strategy, Tiers};
 pub use stats::{Counts, SiteStats, Stats};

@@ -753,7 +753,7 @@ impl Runtime {
         fingerprint: &[u8; 16],
     ) -> Option<V> {
         let c = self.table().site(site);
-        let found = match self.known_generations(site) {
+        let found = match self.known_generations(site, key.tags()) {
             Ok(current) => match l2.replica_get(key.as_str()).await {
                 Ok(Some(bytes)) if !codec::is_lease(&bytes) => {
                     match codec::decode::<V>(fingerprint, &bytes, self.inner.config.max_value_bytes)
@@ -824,7 +824,7 @@ impl Runtime {
         // The read round trips of this flight, on its call's span when the read ends.
         let mut trips = RoundTrips(0);
         loop {
-            let known = self.known_generations(site);
+            let known = self.known_generations(site, key.tags());
             // Armed before the request leaves: whatever happens to it, a lease that may have
             // reached Redis is released or turned into the fill.
             let lease = Lease::new(
@@ -836,7 +836,9 @@ impl Runtime {
             if known.is_err() && gen_key.is_empty() {
                 gen_key = generations::key(&cfg.namespace);
             }
-            let ask = known.is_err().then_some((gen_key.as_str(), site.name()));
+            let ask = known
+                .is_err()
+                .then_some((gen_key.as_str(), site.name(), key.tags()));
             trips.0 += 1;
             let reply = match l2
                 .read(key.as_str(), lease.bytes(), cfg.lease_ttl, with_pttl, ask)
@@ -851,7 +853,7 @@ impl Runtime {
             let current = match (known, reply.generations) {
                 (Ok(stamp), _) => stamp,
                 (Err(era), Some(stamp)) => {
-                    gens.learn(era, site.name(), stamp);
+                    gens.learn(era, site.name(), key.tags(), stamp);
                     stamp
                 }
                 (Err(_), None) => Stamp::default(),
@@ -903,7 +905,7 @@ impl Runtime {
                         if written.is_newer_than(&current) {
                             // A group invalidation we have not heard of: trust the value's
                             // stamp from now on.
-                            gens.learn(gens.era(), site.name(), written);
+                            gens.learn(gens.era(), site.name(), key.tags(), written);
                         }
                         let now = codec::unix_ms();
                         let until = |at: u64| Duration::from_millis(at.saturating_sub(now));

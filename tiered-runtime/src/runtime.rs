@@ -395,14 +395,25 @@ impl Runtime {
         if let Ok(t) = site.compiled()
             && let Some(key) = t.render_args(&self.inner.config.namespace, args)
         {
-            return Some(key);
+            if site.options().tags.is_empty() {
+                return Some(key);
+            }
+            // A function with tags: its entry carries them (rendered on a miss only).
+            if let Some(tags) = site.tag_templates().and_then(|templates| {
+                templates
+                    .iter()
+                    .map(|t| t.render(args))
+                    .collect::<Option<Vec<String>>>()
+            }) {
+                return Some(key.with_tags(tags));
+            }
         }
         if Site::first_time(&site.warned_template) {
             let reason = self.key_args(site, args).err().map(|e| e.to_string());
             tracing::error!(
                 site = site.name(),
                 reason,
-                "tiered: cannot render the key; calls run uncached"
+                "tiered: cannot render the key (or its tags); calls run uncached"
             );
         }
         None
@@ -510,6 +521,27 @@ impl Runtime {
         result.inspect_err(|_| Counters::bump(&c.invalidations_failed))
     }
 
+    /// Invalidates every entry carrying `tag` (`tags = ["tenant:<tenant>"]` on the attribute;
+    /// `invalidate_tag("tenant:acme")`), across functions and instances, without `SCAN`: the
+    /// tag's generation in Redis is raised (every value stamped with an older one becomes a
+    /// miss; old values expire with their TTL), this runtime's L1 of every function with a tag
+    /// template that can render `tag` starts a new epoch, and the new generation is announced
+    /// so that every instance does the same. Without Redis, drops those L1s. `Err` (and
+    /// `invalidations_failed`) when the Redis part could not be done.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
+        let c = self.table().runtime();
+        Counters::bump(&c.invalidations_sent);
+        let result = self
+            .bump_generation(&generations::tag_field(tag), |generation| Action::Tag {
+                tag: tag.to_owned(),
+                generation,
+            })
+            .await;
+        // After the new generation is known locally (see `invalidate_site`).
+        self.inner.local.drop_tagged(tag);
+        result.inspect_err(|_| Counters::bump(&c.invalidations_failed))
+    }
+
     /// Invalidates every entry of every function in this runtime's namespace, in every
     /// instance: the namespace's generation in Redis is incremented, L1 is flushed, and the new
     /// generation is announced. Without Redis, flushes L1.
@@ -548,6 +580,7 @@ impl Runtime {
         let gens = &self.inner.local.generations;
         match &action {
             Action::Site { site, generation } => gens.set_site(site, *generation),
+            Action::Tag { tag, generation } => gens.set_tag(tag, *generation),
             Action::All { generation } => gens.set_namespace(*generation),
             _ => {}
         }
@@ -561,10 +594,14 @@ impl Runtime {
     /// The generations an L2 read of `site` may rely on without asking Redis: the cached ones,
     /// while the subscription is up (else every read asks). `Err` carries the era to learn
     /// under.
-    pub(crate) fn known_generations(&self, site: &'static Site) -> std::result::Result<Stamp, u64> {
+    pub(crate) fn known_generations(
+        &self,
+        site: &'static Site,
+        tags: &[String],
+    ) -> std::result::Result<Stamp, u64> {
         let gens = &self.inner.local.generations;
         match self.inner.bus.as_ref() {
-            Some(bus) if bus.is_up() => gens.get(site.name()),
+            Some(bus) if bus.is_up() => gens.get(site.name(), tags),
             _ => Err(gens.era()),
         }
     }
@@ -640,6 +677,13 @@ pub(crate) async fn install(builder: Builder) -> Result<Runtime> {
         .set(rt.clone())
         .map_err(|_| Error::AlreadyInstalled)?;
     Ok(rt)
+}
+
+/// [`Runtime::invalidate_tag`] on the current runtime (see [`Runtime::current`]): drops every
+/// entry carrying `tag`, across functions and instances.
+pub async fn invalidate_tag(tag: &str) -> Result<()> {
+    let rt = Runtime::current();
+    rt.invalidate_tag(tag).await
 }
 
 /// A snapshot of the current runtime's counters (see [`Runtime::current`]).

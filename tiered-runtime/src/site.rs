@@ -92,6 +92,11 @@ pub struct SiteOptions {
     /// `Err` cached like a value, with a return kind that caches it). `None`: negative
     /// answers are not cached.
     pub negative_ttl: Option<Duration>,
+    /// Tag templates (`tags = ["tenant:<tenant>"]` on the attribute): labels the entry
+    /// carries, dropped together by [`Runtime::invalidate_tag`](crate::Runtime::invalidate_tag).
+    /// Here a placeholder is the *position* of one of the key's values (`tenant:<0>`); the
+    /// macro turns the names you write into positions. At most 4.
+    pub tags: &'static [&'static str],
 }
 
 impl SiteOptions {
@@ -109,6 +114,7 @@ impl SiteOptions {
         background_writes: None,
         trace_keys: false,
         negative_ttl: None,
+        tags: &[],
     };
 }
 
@@ -144,6 +150,7 @@ pub struct Site {
     schema: Option<&'static str>,
     options: SiteOptions,
     compiled: OnceLock<Result<Template, TemplateError>>,
+    compiled_tags: OnceLock<Option<Vec<crate::tags::TagTemplate>>>,
     index: OnceLock<usize>,
     fingerprint: OnceLock<[u8; 16]>,
     pub(crate) warned_decode: AtomicBool,
@@ -179,6 +186,7 @@ impl Site {
             },
             options,
             compiled: OnceLock::new(),
+            compiled_tags: OnceLock::new(),
             index: OnceLock::new(),
             fingerprint: OnceLock::new(),
             warned_decode: AtomicBool::new(false),
@@ -208,6 +216,23 @@ impl Site {
 
     /// Dense process-wide index, assigned on first use; each runtime keeps its per-site
     /// counters in a table indexed by it.
+    /// The tag templates; `None` when one does not parse or there are more than
+    /// [`MAX_TAGS`](crate::codec::MAX_TAGS) (calls then run uncached, like a bad key template).
+    pub(crate) fn tag_templates(&self) -> Option<&[crate::tags::TagTemplate]> {
+        self.compiled_tags
+            .get_or_init(|| {
+                if self.options.tags.len() > crate::codec::MAX_TAGS {
+                    return None;
+                }
+                self.options
+                    .tags
+                    .iter()
+                    .map(|t| crate::tags::TagTemplate::parse(t).ok())
+                    .collect()
+            })
+            .as_deref()
+    }
+
     pub(crate) fn index(&self) -> usize {
         *self
             .index

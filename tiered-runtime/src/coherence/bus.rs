@@ -725,6 +725,10 @@ async fn handle(ctx: Ctx, mut rx: mpsc::Receiver<Action>) {
                 local.generations.set_site(site, *generation);
                 local.drop_site(Some(site));
             }
+            Action::Tag { tag, generation } => {
+                local.generations.set_tag(tag, *generation);
+                local.drop_tagged(tag);
+            }
             Action::All { generation } => {
                 local.generations.set_namespace(*generation);
                 local.flush(FlushReason::Manual);

@@ -14,21 +14,30 @@
 //!   bus), so its L2 hit is one command for the value. Any sign of a lost message forgets them
 //!   ([`Generations::forget`]); a value stamped *newer* than what it knows raises them.
 //!
-//! The cache is bounded ([`MAX_SITES`]): announcements name functions, and names come from the
-//! network.
+//! **Tags** work the same way: a tag's generation is the field `#<tag>` of the same hash,
+//! raised by `invalidate_tag`, and a value of a function with tags is stamped with the
+//! generations of its tags (read with the others, in the same `HMGET`, when not cached).
+//!
+//! The cache is bounded ([`MAX_SITES`] functions, as many tags): announcements name functions
+//! and tags, and names come from the network.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::codec::Stamp;
+use crate::codec::{Stamp, TagGens};
 
 /// The hash field of the namespace's generation (never a function name).
 pub(crate) const NAMESPACE_FIELD: &str = "*";
 /// The hash field counting invalidations that changed Redis but could not be published (see
 /// the bus); never a function name either.
 pub(crate) const LOST_FIELD: &str = "!lost";
-/// Functions whose generation is cached at once; one more forgets them all.
+/// Functions whose generation is cached at once; one more forgets them all (tags likewise).
 pub(crate) const MAX_SITES: usize = 4096;
+
+/// The hash field of a tag's generation: `#` and the tag (never a function name).
+pub(crate) fn tag_field(tag: &str) -> String {
+    format!("#{tag}")
+}
 
 /// Milliseconds since the UNIX epoch (0 if the clock is before it).
 pub(crate) fn now_ms() -> u64 {
@@ -54,6 +63,7 @@ struct State {
     era: u64,
     namespace: Option<u64>,
     sites: HashMap<String, u64>,
+    tags: HashMap<String, u64>,
 }
 
 impl Generations {
@@ -63,15 +73,23 @@ impl Generations {
 
     /// The generations of `site` if both are known, else the era to pass to
     /// [`learn`](Self::learn).
-    pub(crate) fn get(&self, site: &str) -> Result<Stamp, u64> {
+    pub(crate) fn get(&self, site: &str, tags: &[String]) -> Result<Stamp, u64> {
         let s = self.lock();
-        match (s.namespace, s.sites.get(site)) {
-            (Some(namespace), Some(g)) => Ok(Stamp {
-                namespace,
-                site: *g,
-            }),
-            _ => Err(s.era),
+        let (Some(namespace), Some(g)) = (s.namespace, s.sites.get(site)) else {
+            return Err(s.era);
+        };
+        let mut gens = [0u64; crate::codec::MAX_TAGS];
+        for (slot, tag) in gens.iter_mut().zip(tags) {
+            match s.tags.get(tag) {
+                Some(g) => *slot = *g,
+                None => return Err(s.era),
+            }
         }
+        Ok(Stamp {
+            namespace,
+            site: *g,
+            tags: TagGens::from_slice(&gens[..tags.len().min(crate::codec::MAX_TAGS)]),
+        })
     }
 
     /// The current era (see [`learn`](Self::learn)).
@@ -81,12 +99,20 @@ impl Generations {
 
     /// Records generations read from Redis (or seen on a value), unless they were forgotten
     /// since `era`. Generations only grow.
-    pub(crate) fn learn(&self, era: u64, site: &str, stamp: Stamp) {
+    pub(crate) fn learn(&self, era: u64, site: &str, tags: &[String], stamp: Stamp) {
         let mut s = self.lock();
         if s.era == era {
             raise(&mut s.namespace, stamp.namespace);
             s.set_site(site, stamp.site);
+            for (tag, g) in tags.iter().zip(stamp.tags.as_slice()) {
+                s.set_tag(tag, *g);
+            }
         }
+    }
+
+    /// An announced generation of `tag`.
+    pub(crate) fn set_tag(&self, tag: &str, generation: u64) {
+        self.lock().set_tag(tag, generation);
     }
 
     /// An announced generation of `site`.
@@ -105,6 +131,7 @@ impl Generations {
         s.era += 1;
         s.namespace = None;
         s.sites.clear();
+        s.tags.clear();
     }
 }
 
@@ -121,12 +148,29 @@ impl State {
         }
         if self.sites.len() >= MAX_SITES {
             // Names come from the network: never grow without bound. Forgetting is safe.
-            self.era += 1;
-            self.namespace = None;
-            self.sites.clear();
+            self.forget_all();
             return;
         }
         self.sites.insert(site.to_owned(), generation);
+    }
+
+    fn set_tag(&mut self, tag: &str, generation: u64) {
+        if let Some(g) = self.tags.get_mut(tag) {
+            *g = (*g).max(generation);
+            return;
+        }
+        if self.tags.len() >= MAX_SITES {
+            self.forget_all();
+            return;
+        }
+        self.tags.insert(tag.to_owned(), generation);
+    }
+
+    fn forget_all(&mut self) {
+        self.era += 1;
+        self.namespace = None;
+        self.sites.clear();
+        self.tags.clear();
     }
 }
 
@@ -137,21 +181,24 @@ mod tests {
     #[test]
     fn generations_only_grow_and_forgetting_wins_over_late_reads() {
         let g = Generations::default();
-        let era = g.get("f").err().unwrap_or(u64::MAX);
+        let era = g.get("f", &[]).err().unwrap_or(u64::MAX);
         g.learn(
             era,
             "f",
+            &[],
             Stamp {
                 namespace: 2,
                 site: 5,
+                ..Default::default()
             },
         );
         g.set_site("f", 3);
         assert_eq!(
-            g.get("f"),
+            g.get("f", &[]),
             Ok(Stamp {
                 namespace: 2,
-                site: 5
+                site: 5,
+                ..Default::default()
             })
         );
         let era = g.era();
@@ -159,13 +206,15 @@ mod tests {
         g.learn(
             era,
             "f",
+            &[],
             Stamp {
                 namespace: 2,
                 site: 5,
+                ..Default::default()
             },
         );
         assert!(
-            g.get("f").is_err(),
+            g.get("f", &[]).is_err(),
             "a read from before the forget is not recorded"
         );
     }

@@ -106,6 +106,23 @@ impl Local {
         });
     }
 
+    /// Starts a new L1 epoch (and detaches the flights) of every function with a tag template
+    /// that can render `tag`: its entries carrying the tag go (its other entries too).
+    pub(crate) fn drop_tagged(&self, tag: &str) {
+        let tagged: Vec<&'static str> = self
+            .table
+            .slots()
+            .filter(|(site, _)| {
+                site.tag_templates()
+                    .is_some_and(|ts| ts.iter().any(|t| t.matches(tag)))
+            })
+            .map(|(site, _)| site.name())
+            .collect();
+        for name in tagged {
+            self.drop_site(Some(name));
+        }
+    }
+
     /// Drops every L1 entry and every flight's right to store. For every reason but
     /// [`FlushReason::Manual`] messages may have been lost, generation announcements among
     /// them: the cached generations are forgotten too.

@@ -43,6 +43,14 @@ pub(crate) enum Action {
         /// Its new generation.
         generation: u64,
     },
+    /// The tag `tag` moved to generation `generation` (numbered): every entry carrying it
+    /// goes.
+    Tag {
+        /// The rendered tag.
+        tag: String,
+        /// Its new generation.
+        generation: u64,
+    },
     /// The namespace moved to generation `generation` (numbered).
     All {
         /// The namespace's new generation.
@@ -65,7 +73,7 @@ impl Action {
     pub(crate) fn is_numbered(&self) -> bool {
         matches!(
             self,
-            Action::Keys { .. } | Action::Site { .. } | Action::All { .. }
+            Action::Keys { .. } | Action::Site { .. } | Action::Tag { .. } | Action::All { .. }
         )
     }
 }

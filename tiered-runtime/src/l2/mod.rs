@@ -440,7 +440,7 @@ impl L2 {
         lease: &[u8],
         lease_ttl: Duration,
         with_pttl: bool,
-        generations: Option<(&str, &str)>,
+        generations: Option<(&str, &str, &[String])>,
     ) -> Result<ReadReply, L2Error> {
         if self.writes_refused() {
             return self.read_only(key, with_pttl, generations).await;
@@ -502,7 +502,7 @@ impl L2 {
         &self,
         key: &str,
         with_pttl: bool,
-        generations: Option<(&str, &str)>,
+        generations: Option<(&str, &str, &[String])>,
     ) -> Result<ReadReply, L2Error> {
         Counters::bump(&self.stats.runtime().l2_reads_without_lease);
         self.read_with(key, Form::Get, &[], Duration::ZERO, with_pttl, generations)
@@ -517,7 +517,7 @@ impl L2 {
         lease: &[u8],
         lease_ttl: Duration,
         with_pttl: bool,
-        generations: Option<(&str, &str)>,
+        generations: Option<(&str, &str, &[String])>,
     ) -> Result<ReadReply, L2Error> {
         // `SET key lease NX GET PX ttl`: the value, or the lease.
         let set_nx_get = || {
@@ -566,7 +566,7 @@ impl L2 {
         // The generations live in another key: on a cluster, another slot, so another request,
         // sent at the same time.
         let mut apart = None;
-        if let Some((hash, site)) = generations {
+        if let Some((hash, site, tags)) = generations {
             let into = if self.sharded() {
                 apart.get_or_insert_with(redis::pipe)
             } else {
@@ -576,6 +576,9 @@ impl L2 {
                 .arg(hash)
                 .arg(crate::coherence::generations::NAMESPACE_FIELD)
                 .arg(site);
+            for tag in tags {
+                into.arg(crate::coherence::generations::tag_field(tag));
+            }
         }
         let (replies, more): (Vec<redis::Value>, Vec<redis::Value>) = match &apart {
             Some(g) => {
@@ -601,10 +604,13 @@ impl L2 {
         };
         let generations = match generations {
             Some(_) => {
-                let (namespace, site): (Option<u64>, Option<u64>) = next(&mut replies)?;
+                let gens: Vec<Option<u64>> = next(&mut replies)?;
+                let nth = |i: usize| gens.get(i).copied().flatten().unwrap_or(0);
+                let tags: Vec<u64> = (2..gens.len()).map(nth).collect();
                 Some(crate::codec::Stamp {
-                    namespace: namespace.unwrap_or(0),
-                    site: site.unwrap_or(0),
+                    namespace: nth(0),
+                    site: nth(1),
+                    tags: crate::codec::TagGens::from_slice(&tags),
                 })
             }
             None => None,
