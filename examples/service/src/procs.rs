@@ -32,17 +32,23 @@ impl RedisServer {
     ///
     /// # Panics
     ///
-    /// When `redis-server` is missing (with [`REDIS_INSTALL_HINT`]) or does not start: this is
-    /// a test and benchmark helper.
+    /// When [`RedisServer::spawn`] fails (this is the tests' form).
     pub fn start() -> RedisServer {
+        Self::spawn().unwrap_or_else(|e| panic!("could not start redis-server: {e}"))
+    }
+
+    /// Starts a server on a free 127.0.0.1 port, trying up to five ports; an error says why
+    /// (with [`REDIS_INSTALL_HINT`] when `redis-server` is not installed).
+    pub fn spawn() -> Result<RedisServer, String> {
         let mut last = String::new();
         for _ in 0..5 {
             match Self::try_start() {
-                Ok(server) => return server,
+                Ok(server) => return Ok(server),
+                Err(e) if e == REDIS_INSTALL_HINT => return Err(e),
                 Err(e) => last = e,
             }
         }
-        panic!("could not start redis-server: {last}");
+        Err(last)
     }
 
     fn try_start() -> Result<RedisServer, String> {
@@ -56,7 +62,7 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => panic!("{REDIS_INSTALL_HINT}"),
+                std::io::ErrorKind::NotFound => REDIS_INSTALL_HINT.to_owned(),
                 _ => format!("spawn failed: {e}"),
             })?;
         let mut server = RedisServer { port, child };

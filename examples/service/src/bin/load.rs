@@ -406,7 +406,7 @@ async fn compare(o: &Options) -> Result<(), String> {
             service.display()
         ));
     }
-    let redis = RedisServer::start();
+    let redis = RedisServer::spawn().map_err(|e| format!("redis-server: {e}"))?;
     let redis_url = redis.url();
     println!(
         "compare: service {}; redis-server on port {}; each run on a fresh per-run database",
