@@ -18,10 +18,10 @@ use tiered_service_example::procs::Service;
 /// Ceiling of every wait: catches a hang, measures nothing.
 const BOUND: Duration = Duration::from_secs(10);
 
-const POSTGRES_HINT: &str = "PostgreSQL does not answer on 127.0.0.1:5432. This test needs a \
-real PostgreSQL (trust auth for user postgres, or set DATABASE_URL to an admin URL): install it \
-with `apt-get install -y postgresql` and start it with `pg_ctlcluster 15 main start` (Debian), \
-or run ./scripts/test.sh, which does both";
+const POSTGRES_HINT: &str = "PostgreSQL does not answer (default: 127.0.0.1:5432). This \
+test needs a real PostgreSQL (trust auth for user postgres, or DATABASE_URL set to an admin \
+URL): install it with `apt-get install -y postgresql` and start it with `pg_ctlcluster 15 main \
+start` (Debian), or run ./scripts/test.sh, which does both";
 
 fn admin_url() -> String {
     std::env::var("DATABASE_URL")
@@ -30,11 +30,20 @@ fn admin_url() -> String {
         .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned())
 }
 
-fn require_postgres() {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 5432));
-    if let Err(e) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-        panic!("{POSTGRES_HINT} ({e})");
-    }
+/// Fails the test with [`POSTGRES_HINT`] when nothing answers at the admin URL's address.
+fn require_postgres(admin: &str) {
+    let options = db::options_for(admin, "postgres")
+        .unwrap_or_else(|e| panic!("DATABASE_URL {admin:?} is not a PostgreSQL URL: {e}"));
+    let (host, port) = (options.get_host().to_owned(), options.get_port());
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .ok()
+        .into_iter()
+        .flatten()
+        .any(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_ok());
+    assert!(
+        reachable,
+        "{POSTGRES_HINT} (nothing answers at {host}:{port})"
+    );
 }
 
 /// A database created for this test, dropped (with its sessions) when the value is dropped,
@@ -113,10 +122,10 @@ async fn user_name(client: &mut Client, id: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_put_on_one_instance_reaches_the_other() {
-    require_postgres();
+    let admin = admin_url();
+    require_postgres(&admin);
     let started = Instant::now();
     let redis = RedisServer::start();
-    let admin = admin_url();
     let test_db = TestDb::create(&admin).await;
     let namespace = format!("svc-test-{}", std::process::id());
     let redis_url = redis.url();
