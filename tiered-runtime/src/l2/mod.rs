@@ -4,7 +4,7 @@
 //! wait for a reconnect. The backend is an enum so that Redis Cluster can be added as a second
 //! variant without touching callers.
 
-mod cluster;
+pub(crate) mod cluster;
 mod single;
 
 use std::sync::Arc;

@@ -337,28 +337,9 @@ impl Drop for Cluster {
 }
 
 /// The cluster slot of `key` (CRC16/XMODEM of the key, or of its `{hash tag}`, mod 16384), as
-/// `CLUSTER KEYSLOT` computes it, without a round trip.
+/// `CLUSTER KEYSLOT` computes it, without a round trip (the runtime's own function).
 pub fn key_slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
-    let hashed = match bytes.iter().position(|b| *b == b'{') {
-        Some(open) => match bytes[open + 1..].iter().position(|b| *b == b'}') {
-            Some(len) if len > 0 => &bytes[open + 1..open + 1 + len],
-            _ => bytes,
-        },
-        None => bytes,
-    };
-    let mut crc: u16 = 0;
-    for &b in hashed {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
+    crate::l2::cluster::key_slot(key.as_bytes())
 }
 
 /// `name:value` of a `CLUSTER INFO` / `INFO` reply.
