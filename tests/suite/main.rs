@@ -20,5 +20,6 @@ mod r#macro;
 mod negative;
 mod resilience;
 mod security;
+mod shapes;
 mod support_selftest;
 mod tags;

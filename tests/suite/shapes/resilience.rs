@@ -40,6 +40,7 @@ async fn local(n: u32) -> u32 {
     *rc
 }
 
-fn main() {
+#[test]
+fn compiles() {
     let _ = (user, borrowed, local);
 }

@@ -15,10 +15,19 @@ pub struct DbError;
 #[tiered_cache(strategy = "MediumTerm", key = "user:<id>")]
 #[allow(clippy::unused_async)]
 pub async fn get_user(id: u64) -> Result<User, DbError> {
-    Ok(User { id, name: "ada".into() })
+    Ok(User {
+        id,
+        name: "ada".into(),
+    })
 }
 
-#[tiered_cache(ttl = "90s", key = "find:<name>", promote = 3, tiers = "both", version = 2)]
+#[tiered_cache(
+    ttl = "90s",
+    key = "find:<name>",
+    promote = 3,
+    tiers = "both",
+    version = 2
+)]
 async fn find(name: &str) -> Option<u64> {
     (!name.is_empty()).then_some(1)
 }
@@ -48,13 +57,16 @@ async fn labelled<'a>(label: &'a str) -> String {
     label.to_uppercase()
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+#[tokio::test(flavor = "current_thread")]
+async fn every_shape_compiles_and_runs() {
     assert_eq!(get_user(1).await.map(|u| u.id), Ok(1));
     assert_eq!(find("x").await, Some(1));
     assert_eq!(plain(1, &2).await, 3);
     unit().await;
-    let u = User { id: 1, name: "ada".into() };
+    let u = User {
+        id: 1,
+        name: "ada".into(),
+    };
     assert_eq!(name_len(&u).await, 3);
     assert_eq!(aliased(4).await, Ok(4));
     assert_eq!(labelled("x").await, "X");

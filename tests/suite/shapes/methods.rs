@@ -32,9 +32,12 @@ impl Repo {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
-    let mut repo = Repo { tenant: "t".into(), reads: 0 };
+#[tokio::test(flavor = "current_thread")]
+async fn every_shape_compiles_and_runs() {
+    let mut repo = Repo {
+        tenant: "t".into(),
+        reads: 0,
+    };
     assert_eq!(repo.get(1).await, "t/1");
     assert_eq!(repo.count(2).await, 2);
     assert_eq!(repo.default_key(1, "x".into()).await.as_deref(), Some("1x"));

@@ -10,6 +10,7 @@ async fn all(n: u32) -> u32 {
     n
 }
 
-fn main() {
+#[test]
+fn compiles() {
     let _ = (none(1), all(2));
 }
