@@ -23,3 +23,4 @@ mod security;
 mod shapes;
 mod support_selftest;
 mod tags;
+mod tracking;

@@ -29,7 +29,7 @@ struct Job {
     lease: Lease,
     bytes: Vec<u8>,
     ttl: Duration,
-    poisoned: Arc<Mutex<bool>>,
+    poisoned: Arc<Mutex<crate::coalesce::FlightState>>,
 }
 
 /// The queue of background fills and its task.
@@ -130,7 +130,12 @@ async fn write_all(
 
 async fn write_one(l2: &L2, table: &SiteTable, job: Job) {
     let c = table.site(job.site);
-    if *job.poisoned.lock().unwrap_or_else(|p| p.into_inner()) {
+    if job
+        .poisoned
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .poisoned
+    {
         // An invalidation hit the key since the value was computed.
         Counters::bump(&c.fills_refused);
         if let Err(e) = job.lease.release(l2).await {
@@ -153,7 +158,7 @@ impl Runtime {
         lease: Lease,
         bytes: Vec<u8>,
         ttl: Duration,
-        poisoned: Arc<Mutex<bool>>,
+        poisoned: Arc<Mutex<crate::coalesce::FlightState>>,
     ) {
         let c = self.table().site(site);
         let job = Job {

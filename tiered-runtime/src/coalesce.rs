@@ -41,8 +41,20 @@ pub(crate) enum Shared {
 
 type Outcome = watch::Receiver<Option<Shared>>;
 
-/// Whether a flight was invalidated; its lock orders poisoning against the leader's store.
-type Poison = Arc<Mutex<bool>>;
+/// What has hit a flight since it started; its lock orders poisoning against the leader's
+/// store.
+#[derive(Debug, Default)]
+pub(crate) struct FlightState {
+    /// An invalidation of ours (or of another instance, by the bus) hit the key: the flight
+    /// stores nothing, in Redis or in L1.
+    pub(crate) poisoned: bool,
+    /// Redis reported a write of the key (client tracking), which may be the flight's own
+    /// lease or fill or another program's write: the value stays out of L1 (its Redis fill,
+    /// guarded by the lease, proceeds).
+    pub(crate) doubted: bool,
+}
+
+type Poison = Arc<Mutex<FlightState>>;
 
 struct Flight {
     id: u64,
@@ -68,7 +80,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 fn poison(f: &Flight) {
-    *lock(&f.poisoned) = true;
+    lock(&f.poisoned).poisoned = true;
 }
 
 impl Flights {
@@ -114,6 +126,20 @@ impl Flights {
         let removed = lock(&self.map).get_mut(site).and_then(|f| f.remove(key));
         if let Some(f) = removed {
             poison(&f);
+        }
+        evict();
+    }
+
+    /// Client tracking reported a write of `key`: detaches its flight in every site (callers
+    /// arriving afterwards read Redis again) and keeps their values out of L1, then runs
+    /// `evict`.
+    pub(crate) fn doubt_key(&self, key: &str, evict: impl FnOnce()) {
+        let removed: Vec<Flight> = lock(&self.map)
+            .values_mut()
+            .filter_map(|f| f.remove(key))
+            .collect();
+        for f in &removed {
+            lock(&f.poisoned).doubted = true;
         }
         evict();
     }
@@ -186,7 +212,7 @@ pub(crate) struct FlightGuard {
 impl FlightGuard {
     /// Whether an invalidation has hit this flight since it started.
     pub(crate) fn poisoned(&self) -> bool {
-        *lock(&self.poisoned)
+        lock(&self.poisoned).poisoned
     }
 
     /// A handle that hands a stale value to the followers while the flight goes on (a soft
@@ -196,7 +222,7 @@ impl FlightGuard {
     }
 
     /// The flight's poison flag, for work that outlives the guard (a queued write).
-    pub(crate) fn poison_flag(&self) -> Arc<Mutex<bool>> {
+    pub(crate) fn poison_flag(&self) -> Arc<Mutex<FlightState>> {
         self.poisoned.clone()
     }
 
@@ -215,7 +241,9 @@ impl FlightGuard {
     }
 
     /// Ends the flight and hands `outcome` to every follower. Under the flight's own lock,
-    /// `store` runs unless the flight was poisoned (returns whether it ran); then the entry is
+    /// `store` runs unless the flight was poisoned or doubted (returns whether it ran, and
+    /// `true` for a doubted flight: its value is not refused, only kept out of L1); then the
+    /// entry is
     /// removed, so a caller arriving afterwards finds the stored value or starts afresh. The
     /// outcome is made only when followers are waiting (no copy of the value otherwise).
     pub(crate) fn complete(
@@ -224,11 +252,11 @@ impl FlightGuard {
         store: impl FnOnce(),
     ) -> bool {
         let stored = {
-            let poisoned = lock(&self.poisoned);
-            if !*poisoned {
+            let state = lock(&self.poisoned);
+            if !state.poisoned && !state.doubted {
                 store();
             }
-            !*poisoned
+            !state.poisoned
         };
         self.flights.detach(self.site, &self.key, self.id);
         // Detached: no follower can join any more, so no receiver now means nobody to tell.

@@ -124,6 +124,7 @@ pub struct Builder {
     background_queue: usize,
     l1_max_bytes: Option<u64>,
     shutdown_timeout: Duration,
+    client_tracking: bool,
     deferred: Option<(&'static str, String)>,
 }
 
@@ -173,6 +174,7 @@ impl Default for Builder {
             background_queue: DEFAULT_BACKGROUND_QUEUE,
             l1_max_bytes: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            client_tracking: false,
             deferred: None,
         }
     }
@@ -185,7 +187,8 @@ impl Builder {
     }
 
     /// A builder that reads `TIERED_REDIS_URL`, `TIERED_REDIS_CLUSTER` (seed node URLs separated
-    /// by commas), `TIERED_CLUSTER_BUS` (`classic` or `sharded`) and `TIERED_NAMESPACE` from the
+    /// by commas), `TIERED_CLUSTER_BUS` (`classic` or `sharded`), `TIERED_CLIENT_TRACKING`
+    /// (`on` or `off`; also `true`/`false`, `1`/`0`) and `TIERED_NAMESPACE` from the
     /// environment.
     ///
     /// Unset or empty variables leave the default; a variable that is not valid UTF-8 makes
@@ -197,6 +200,7 @@ impl Builder {
             ("TIERED_REDIS_URL", "redis_url"),
             ("TIERED_REDIS_CLUSTER", "redis_cluster"),
             ("TIERED_CLUSTER_BUS", "cluster_bus"),
+            ("TIERED_CLIENT_TRACKING", "client_tracking"),
             ("TIERED_NAMESPACE", "namespace"),
         ] {
             match std::env::var(var) {
@@ -211,6 +215,16 @@ impl Builder {
                         ));
                     }
                 },
+                Ok(v) if field == "client_tracking" => {
+                    match v.trim().to_ascii_lowercase().as_str() {
+                        "on" | "true" | "1" | "yes" => b.client_tracking = true,
+                        "off" | "false" | "0" | "no" => b.client_tracking = false,
+                        _ => {
+                            b.deferred =
+                                Some((field, format!("{var} must be `on` or `off`, not `{v}`")));
+                        }
+                    }
+                }
                 Ok(v) if field == "redis_url" => b.redis_url = Some(v),
                 Ok(v) if field == "redis_cluster" => {
                     b.redis_cluster = Some(
@@ -461,6 +475,20 @@ impl Builder {
         self
     }
 
+    /// Server-assisted invalidation (default off): a connection of its own asks Redis to
+    /// report every write of a key of the namespace (`CLIENT TRACKING ON BCAST PREFIX
+    /// {namespace}:` over RESP3), so that a `DEL`, a `SET` or an expiry by another program
+    /// evicts the key from L1 in every instance, without an `invalidate_*` call. Losing that
+    /// connection starts a new L1 epoch, like a gap on the bus. Costs: the runtime's own writes
+    /// come back too (a computed value reaches L1 on the next call, read from Redis), and
+    /// tracking does not separate databases (a write of the same key name in another database
+    /// evicts too: never a wrong value). One Redis server only (`redis_url`); see
+    /// `docs/coherence.md`.
+    pub fn client_tracking(mut self, on: bool) -> Self {
+        self.client_tracking = on;
+        self
+    }
+
     /// Checks every value and returns the validated configuration.
     pub fn validate(mut self) -> Result<Config> {
         if let Some((field, reason)) = self.deferred {
@@ -495,6 +523,18 @@ impl Builder {
             return Err(Error::config(
                 "replica_reads",
                 "applies to a Redis Cluster (redis_cluster) only",
+            ));
+        }
+        if self.client_tracking && redis.is_none() {
+            return Err(Error::config(
+                "client_tracking",
+                "needs Redis (redis_url): it reports writes made in Redis",
+            ));
+        }
+        if self.client_tracking && cluster {
+            return Err(Error::config(
+                "client_tracking",
+                "is not supported on a Redis Cluster (redis_cluster): use one Redis server (redis_url)",
             ));
         }
         positive(self.l1_max_entries, "l1_max_entries")?;
@@ -577,6 +617,7 @@ impl Builder {
             background_queue: self.background_queue,
             l1_max_bytes: self.l1_max_bytes,
             shutdown_timeout: self.shutdown_timeout,
+            client_tracking: self.client_tracking,
         }
     }
 
@@ -632,6 +673,7 @@ pub struct Config {
     pub(crate) background_queue: usize,
     pub(crate) l1_max_bytes: Option<u64>,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) client_tracking: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -716,6 +758,10 @@ impl Config {
     /// Whether writes to Redis are queued by default.
     pub fn background_writes(&self) -> bool {
         self.background_writes
+    }
+    /// Whether client tracking (server-assisted invalidation) is on.
+    pub fn client_tracking(&self) -> bool {
+        self.client_tracking
     }
     /// Bound on the bytes of each function's L1, if any.
     pub fn l1_max_bytes(&self) -> Option<u64> {
@@ -1065,6 +1111,20 @@ mod tests {
             "redis_url"
         );
         assert_eq!(field_of(Builder::new().redis_url("not a url")), "redis_url");
+        assert_eq!(
+            field_of(Builder::new().client_tracking(true)),
+            "client_tracking",
+            "tracking needs Redis"
+        );
+        assert_eq!(
+            field_of(
+                Builder::new()
+                    .redis_cluster(["redis://127.0.0.1:7000"])
+                    .client_tracking(true)
+            ),
+            "client_tracking",
+            "tracking is for one server"
+        );
         assert_eq!(
             field_of(Builder::new().redis_cluster(Vec::<String>::new())),
             "redis_cluster"

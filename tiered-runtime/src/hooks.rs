@@ -87,6 +87,8 @@ pub struct Hooks {
     pub publication: Gate,
     /// In the background writer, before a queued fill is written.
     pub background_write: Gate,
+    /// In the client-tracking reader, before a push from Redis is looked at.
+    pub tracking: Gate,
     lost_publishes: AtomicUsize,
     panic_handler: AtomicBool,
 }

@@ -712,7 +712,8 @@ impl Runtime {
 
     /// The lifetimes of an L1 insert of a value that is fresh for `fresh` and kept until
     /// `keep` (both capped by `degraded_l1_ttl` while Redis is configured but the invalidation
-    /// subscription is down: nothing is kept stale then), due for a refresh after `refresh`.
+    /// subscription, or the client-tracking connection, is down: nothing is kept stale then),
+    /// due for a refresh after `refresh`.
     pub(crate) fn l1_life(
         &self,
         fresh: Duration,
@@ -720,8 +721,9 @@ impl Runtime {
         refresh: Option<Duration>,
         size: usize,
     ) -> Lifetimes {
+        let untracked = self.inner.tracking.as_ref().is_some_and(|t| !t.is_up());
         match self.inner.bus.as_ref() {
-            Some(bus) if !bus.is_up() => {
+            Some(bus) if !bus.is_up() || untracked => {
                 let fresh = fresh.min(self.inner.config.degraded_l1_ttl);
                 Lifetimes {
                     fresh,

@@ -12,6 +12,7 @@ use crate::coherence::generations;
 use crate::coherence::lease::Janitor;
 use crate::coherence::local::{FlushReason, Local};
 use crate::coherence::message::{self, Action};
+use crate::coherence::tracking::{self, TrackCtx, Tracked, Tracking};
 use crate::config::{Builder, Config};
 use crate::error::{Error, Result};
 use crate::key::{Args, Key};
@@ -69,6 +70,8 @@ pub(crate) struct Inner {
     pub(crate) local: Arc<Local>,
     /// The invalidation bus (with Redis only).
     pub(crate) bus: Option<Arc<Bus>>,
+    /// Client tracking (`client_tracking`, one Redis server only).
+    pub(crate) tracking: Option<Arc<Tracking>>,
     /// Releases leases their flights could not (with Redis only).
     pub(crate) janitor: Option<Janitor>,
     /// Writes queued off the callers' path (with Redis only).
@@ -87,6 +90,9 @@ impl Drop for Inner {
         };
         if self.closing.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
+        }
+        if let Some(tracking) = &self.tracking {
+            tracking.stop();
         }
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
@@ -144,7 +150,7 @@ impl Runtime {
         let table = Arc::new(SiteTable::new(&config.namespace));
         let local = Arc::new(Local::new(table.clone()));
         let Some(target) = config.redis.clone() else {
-            return Ok(Self::assemble(config, None, local, None, None, None));
+            return Ok(Self::assemble(config, None, local, None, None, None, None));
         };
         let l2 = Arc::new(L2::start(&target, &config, table.clone()).await?);
         let channel = message::channel(&config.namespace, target.db);
@@ -209,6 +215,7 @@ impl Runtime {
         if initial.is_some() {
             Counters::bump(&table.runtime().bus_subscribes);
         }
+        let tracking = Self::start_tracking(&config, &target, &l2, &local).await?;
         let janitor = Janitor::start(Arc::downgrade(&l2), table.clone());
         let writer = crate::background::Writer::start(
             Arc::downgrade(&l2),
@@ -225,16 +232,77 @@ impl Runtime {
             connect_timeout: config.connect_timeout,
             ping_timeout: config.l2_timeout.max(Duration::from_millis(250)),
         };
+        let (tracking, track) = match tracking {
+            Some((t, ctx, initial)) => (Some(t), Some((ctx, initial))),
+            None => (None, None),
+        };
         let rt = Self::assemble(
             config,
             Some(l2),
             local,
             Some(bus),
+            tracking,
             Some(janitor),
             Some(writer),
         );
+        if let Some((ctx, initial)) = track {
+            tracking::spawn(ctx, initial);
+        }
         bus::spawn(ctx, initial);
         Ok(rt)
+    }
+
+    /// With `client_tracking`: connects the tracking connection before `build()` returns
+    /// (when Redis answers), so that every write made afterwards is reported.
+    async fn start_tracking(
+        config: &Config,
+        target: &crate::config::RedisTarget,
+        l2: &L2,
+        local: &Arc<Local>,
+    ) -> Result<Option<(Arc<Tracking>, TrackCtx, Option<Tracked>)>> {
+        if !config.client_tracking {
+            return Ok(None);
+        }
+        let client = bus::resp3(&target.client)
+            .map_err(|e| Error::config("client_tracking", crate::l2::describe(&e)))?;
+        let tracking = Arc::new(Tracking::new(&config.namespace, config.bus_queue));
+        let initial = if l2.is_connected() {
+            match tracking::connect(
+                &client,
+                tracking.prefix(),
+                config.connect_timeout,
+                config.bus_queue,
+                local.table.clone(),
+            )
+            .await
+            {
+                Ok(t) => {
+                    tracking.set_up();
+                    Counters::bump(&local.table.runtime().tracking_connects);
+                    Some(t)
+                }
+                Err(e) if crate::l2::is_auth(&e) => {
+                    return Err(Error::Auth {
+                        addr: target.addr.clone(),
+                        detail: format!("CLIENT TRACKING refused: {}", crate::l2::describe(&e)),
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %crate::l2::describe(&e), "tiered: could not turn client tracking on at startup; L1 entries live at most degraded_l1_ttl until it is up");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let ctx = TrackCtx {
+            local: Arc::downgrade(local),
+            tracking: Arc::downgrade(&tracking),
+            client,
+            connect_timeout: config.connect_timeout,
+            ping_timeout: config.l2_timeout.max(Duration::from_millis(250)),
+        };
+        Ok(Some((tracking, ctx, initial)))
     }
 
     fn assemble(
@@ -242,6 +310,7 @@ impl Runtime {
         l2: Option<Arc<L2>>,
         local: Arc<Local>,
         bus: Option<Arc<Bus>>,
+        tracking: Option<Arc<Tracking>>,
         janitor: Option<Janitor>,
         writer: Option<crate::background::Writer>,
     ) -> Runtime {
@@ -251,6 +320,7 @@ impl Runtime {
                 l2,
                 local,
                 bus,
+                tracking,
                 janitor,
                 writer,
                 closing: std::sync::atomic::AtomicBool::new(false),
@@ -288,7 +358,7 @@ impl Runtime {
         );
         let config = Builder::defaults();
         let local = Arc::new(Local::new(Arc::new(SiteTable::new(&config.namespace))));
-        Self::assemble(config, None, local, None, None, None)
+        Self::assemble(config, None, local, None, None, None, None)
     }
 
     /// The runtime memoized calls would use here: scoped, else installed, else the embedded
@@ -335,6 +405,9 @@ impl Runtime {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if let Some(tracking) = &inner.tracking {
+            tracking.stop();
+        }
         close(l2, bus, inner.writer.as_ref(), inner.janitor.as_ref(), left).await;
     }
 
@@ -362,6 +435,7 @@ impl Runtime {
             l2_configured: self.inner.l2.is_some(),
             l2_connected: self.inner.l2.as_ref().is_some_and(|l2| l2.is_connected()),
             subscribed: self.inner.bus.as_ref().is_some_and(|b| b.is_up()),
+            tracking: self.inner.tracking.as_ref().is_some_and(|t| t.is_up()),
             l2_breakers_open: self.inner.l2.as_ref().map_or(0, |l2| l2.open_breakers()),
             bus_queue_peak: self.inner.bus.as_ref().map_or(0, |b| b.queue_peak()),
             bus_origins: self.inner.bus.as_ref().map_or(0, |b| b.origins()),

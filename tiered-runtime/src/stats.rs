@@ -98,6 +98,9 @@ counters! {
     l1_flushes_bus_restart,
     /// … because another instance reported an invalidation it could not publish.
     l1_flushes_lost_publish,
+    /// … because of client tracking (`client_tracking`): its connection was lost or
+    /// (re)established, its pushes overflowed their queue, or Redis reported a flush.
+    l1_flushes_tracking,
     /// Computed or promoted values not stored because an invalidation hit their key while they
     /// were in flight (or their Redis lease was gone at fill time).
     fills_refused,
@@ -165,6 +168,14 @@ counters! {
     /// Calls answered with a cached negative answer (from L1 or L2; also counted in
     /// `l1_hits` / `l2_hits`).
     negative_hits,
+    /// Keys of this namespace whose write Redis reported through client tracking
+    /// (`client_tracking`): each evicted from L1 (every site), its flights kept out of L1.
+    tracking_evictions,
+    /// Client-tracking connections established (the first one and every reconnection).
+    tracking_connects,
+    /// Pushes dropped because the tracking connection's push queue was full (each burst
+    /// flushes L1, counted in `l1_flushes_tracking`).
+    tracking_pushes_dropped,
 }
 
 impl Counters {
@@ -204,6 +215,8 @@ pub struct Stats {
     pub l2_connected: bool,
     /// Whether the invalidation subscription is up right now (always `false` without Redis).
     pub subscribed: bool,
+    /// Whether client tracking (`client_tracking`) is on and its connection up right now.
+    pub tracking: bool,
     /// Circuit breakers open right now (one server: 0 or 1; a cluster: one per master, and
     /// the replica reads' own).
     pub l2_breakers_open: usize,

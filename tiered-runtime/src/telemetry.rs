@@ -9,7 +9,8 @@
 //!   runtime's own atomics.
 //! * **Gauges** (label `namespace`): `tiered_l1_entries`, `tiered_l1_bytes`,
 //!   `tiered_inflight`, `tiered_l2_connected` (0/1), `tiered_subscribed` (0/1),
-//!   `tiered_l2_breakers_open`, `tiered_bus_origins`.
+//!   `tiered_tracking` (0/1, client tracking up), `tiered_l2_breakers_open`,
+//!   `tiered_bus_origins`.
 //! * **Histograms**, recorded as they happen: `tiered_body_seconds` (a body's run; labels
 //!   `namespace`, `site`) and `tiered_l2_request_seconds` (each L2 request, label `namespace`).
 
@@ -56,6 +57,7 @@ pub(crate) fn export(rt: &Runtime) {
             f64::from(u8::from(stats.l2_connected)),
         ),
         ("tiered_subscribed", f64::from(u8::from(stats.subscribed))),
+        ("tiered_tracking", f64::from(u8::from(stats.tracking))),
         ("tiered_l2_breakers_open", stats.l2_breakers_open as f64),
         ("tiered_bus_origins", stats.bus_origins as f64),
     ];

@@ -174,11 +174,14 @@ fn instance_id() -> u64 {
     h.finish()
 }
 
-/// Pushes from the subscriber connection into a bounded queue; when it is full the push is
-/// dropped and counted in `bus_pushes_dropped` (the reader then flushes L1).
-struct PushQueue {
-    tx: mpsc::Sender<PushInfo>,
-    table: Arc<SiteTable>,
+/// Pushes from a connection (the subscriber's, the client tracking's) into a bounded queue;
+/// when it is full the push is dropped and counted (`bus_pushes_dropped`,
+/// `tracking_pushes_dropped`), and the reader flushes L1.
+pub(crate) struct PushQueue {
+    pub(crate) tx: mpsc::Sender<PushInfo>,
+    pub(crate) table: Arc<SiteTable>,
+    /// The counter of dropped pushes.
+    pub(crate) dropped: fn(&Counters) -> &AtomicU64,
 }
 
 impl AsyncPushSender for PushQueue {
@@ -186,7 +189,7 @@ impl AsyncPushSender for PushQueue {
         match self.tx.try_send(info) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
-                Counters::bump(&self.table.runtime().bus_pushes_dropped);
+                Counters::bump((self.dropped)(self.table.runtime()));
                 Ok(())
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError),
@@ -202,7 +205,7 @@ pub(crate) struct Subscription {
 
 /// The connection a subscription lives on.
 #[derive(Clone)]
-enum Conn {
+pub(crate) enum Conn {
     /// `SUBSCRIBE` on one node.
     Node(MultiplexedConnection),
     /// `SSUBSCRIBE` through a cluster client of its own, which sent it to the master of the
@@ -254,7 +257,11 @@ pub(crate) async fn subscribe(
     table: Arc<SiteTable>,
 ) -> Result<Subscription, redis::RedisError> {
     let (tx, pushes) = mpsc::channel(capacity);
-    let queue = PushQueue { tx, table };
+    let queue = PushQueue {
+        tx,
+        table,
+        dropped: |c| &c.bus_pushes_dropped,
+    };
     let attempt = async {
         match nodes {
             Nodes::Classic(clients) => {
@@ -500,15 +507,15 @@ async fn subscriber(ctx: Ctx, mut initial: Option<Subscription>, tx: mpsc::Sende
     }
 }
 
-type Ping = std::pin::Pin<Box<dyn Future<Output = PingResult> + Send>>;
+pub(crate) type Ping = std::pin::Pin<Box<dyn Future<Output = PingResult> + Send>>;
 
-enum PingResult {
+pub(crate) enum PingResult {
     Ok,
     Broken,
     Missed,
 }
 
-fn ping(conn: Conn, timeout: Duration) -> Ping {
+pub(crate) fn ping(conn: Conn, timeout: Duration) -> Ping {
     Box::pin(async move {
         let reply = async {
             match conn {

@@ -33,6 +33,9 @@ pub(crate) enum FlushReason {
     BusRestart,
     /// Another instance reported an invalidation it could not publish.
     LostPublish,
+    /// Client tracking: its connection was lost or (re)established, pushes were dropped, or
+    /// Redis reported a flush of the database (`FLUSHALL`/`FLUSHDB`).
+    Tracking,
 }
 
 impl FlushReason {
@@ -47,6 +50,7 @@ impl FlushReason {
             FlushReason::Unverified => Some(&c.l1_flushes_unverified),
             FlushReason::BusRestart => Some(&c.l1_flushes_bus_restart),
             FlushReason::LostPublish => Some(&c.l1_flushes_lost_publish),
+            FlushReason::Tracking => Some(&c.l1_flushes_tracking),
         }
     }
 
@@ -86,6 +90,20 @@ impl Local {
                 if s.name() == site
                     && let Some(l1) = slot.l1.get()
                 {
+                    l1.remove(digest);
+                }
+            }
+        });
+    }
+
+    /// Client tracking reported a write of the Redis key `key`: evicts it from the L1 of every
+    /// site (several may share a key's shape), detaches its flights and keeps their values out
+    /// of L1.
+    pub(crate) fn track_evict(&self, key: &str) {
+        self.flights.doubt_key(key, || {
+            let digest = self.table.digester.of(key);
+            for (_, slot) in self.table.slots() {
+                if let Some(l1) = slot.l1.get() {
                     l1.remove(digest);
                 }
             }

@@ -20,7 +20,11 @@
 //!    server drop, heartbeat), a hole in an origin's numbers, an origin's silence or an origin
 //!    that cannot be verified each start a new L1 epoch and forget the cached generations,
 //!    within a bound ([`sequence`]).
-//! 6. **Bounded state**: every queue and every map fed from the network has a bound, and
+//! 6. **Writes made outside tiered** (opt-in): with client tracking, Redis reports every
+//!    write of a key of the namespace, whoever made it; the key leaves L1 and its flights keep
+//!    their values out of L1; the tracking connection's loss is a gap like the bus's
+//!    ([`tracking`]).
+//! 7. **Bounded state**: every queue and every map fed from the network has a bound, and
 //!    reaching it costs an L1 flush, never a silently dropped message.
 //!
 //! Layers only look down: these parts use the L2 client, the flights, the L1s and the counters,
@@ -32,3 +36,4 @@ pub(crate) mod lease;
 pub(crate) mod local;
 pub(crate) mod message;
 pub(crate) mod sequence;
+pub(crate) mod tracking;

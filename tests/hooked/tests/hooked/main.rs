@@ -9,3 +9,4 @@ mod coherence;
 mod keyspace;
 mod leases;
 mod losses;
+mod tracking;
