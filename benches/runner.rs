@@ -880,6 +880,8 @@ struct World {
     l2_on: tiered::Runtime,
     coh_a: tiered::Runtime,
     coh_b: tiered::Runtime,
+    /// W4t: an instance with client tracking on (namespace `trk`).
+    trk_b: tiered::Runtime,
     moka_f: moka::future::Cache<u64, User>,
     moka_f_fh: moka::future::Cache<u64, User, FoldState>,
     moka_s: moka::sync::Cache<u64, User>,
@@ -946,8 +948,14 @@ impl World {
         let l2_on = build("l2").build().await.expect("tiered runtime");
         let coh_a = build("coh").build().await.expect("tiered runtime");
         let coh_b = build("coh").build().await.expect("tiered runtime");
+        let trk_b = build("trk")
+            .client_tracking(true)
+            .build()
+            .await
+            .expect("tiered runtime with client tracking");
+        assert!(trk_b.stats().tracking, "client tracking must be up");
         for rt in [
-            &installed, &scoped, &l2_fill, &l2_off, &l2_on, &coh_a, &coh_b,
+            &installed, &scoped, &l2_fill, &l2_off, &l2_on, &coh_a, &coh_b, &trk_b,
         ] {
             assert!(
                 rt.stats().l2_connected && rt.stats().subscribed,
@@ -968,6 +976,7 @@ impl World {
             l2_on,
             coh_a,
             coh_b,
+            trk_b,
             moka_f: moka::future::Cache::builder()
                 .max_capacity(CAPACITY)
                 .build(),
@@ -2057,6 +2066,212 @@ async fn w4(w: &Arc<World>, plan: &Plan, res: &mut Results) {
     }
 }
 
+/// W4t: another program's `DEL` of a key that B (client tracking on) holds in L1, until B
+/// evicted it (its `tracking_evictions` moved, polled as W4 polls), against a raw RESP3
+/// connection with `CLIENT TRACKING ON BCAST` receiving the same kind of push. Each trial puts
+/// the value back with a `SET` (waiting for its push), lets B read it from Redis into L1 (a
+/// read writes nothing, so no push is pending), then times the `DEL`.
+async fn w4t(w: &Arc<World>, plan: &Plan, res: &mut Results) {
+    const W: &str = "W4t";
+    let case = "another program's DEL, B evicts";
+    for sys in ALL_SYS {
+        if !matches!(sys, Sys::TieredScoped | Sys::RedisRaw) {
+            res.mark(W, "", sys, Status::Na("no client tracking".into()));
+        }
+    }
+    let trials = (plan.w4_trials / plan.reps).max(1);
+    let b = &w.trk_b;
+    let mut conn = w.conn.clone();
+    let id = W4_BASE + 5_000;
+    let key = format!("trk:coh:<{id}>");
+    // The value's bytes, as B's own fill wrote them.
+    let _ = b.scope(memo::t_coh(id)).await;
+    let bytes: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .ok()
+        .flatten();
+    let Some(bytes) = bytes else {
+        res.mark(
+            W,
+            "",
+            Sys::TieredScoped,
+            Status::Failed("no value in Redis".into()),
+        );
+        return;
+    };
+    let raw = match RawTracking::new(&w.url).await {
+        Ok(r) => Some(r),
+        Err(e) => {
+            res.mark(W, "", Sys::RedisRaw, Status::Failed(e));
+            None
+        }
+    };
+    let evictions = || b.stats().total.tracking_evictions;
+    for _ in 0..plan.reps {
+        let mut lat = Vec::with_capacity(trials);
+        for _ in 0..trials {
+            let e = evictions();
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg(&bytes)
+                .query_async(&mut conn)
+                .await
+                .expect("SET");
+            if !wait_until(|| evictions() > e, Duration::from_secs(2)).await {
+                res.mark(
+                    W,
+                    "",
+                    Sys::TieredScoped,
+                    Status::Failed("no push for a SET within 2 s".into()),
+                );
+                return;
+            }
+            let hits = b.stats().total.l1_hits;
+            loop {
+                let _ = b.scope(memo::t_coh(id)).await;
+                if b.stats().total.l1_hits > hits {
+                    break;
+                }
+            }
+            let e = evictions();
+            let t0 = Instant::now();
+            let _: i64 = redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("DEL");
+            if !wait_until(|| evictions() > e, Duration::from_secs(2)).await {
+                res.mark(
+                    W,
+                    "",
+                    Sys::TieredScoped,
+                    Status::Failed("no eviction within 2 s".into()),
+                );
+                return;
+            }
+            lat.push(ns(t0.elapsed()) / 1e3);
+        }
+        let s = sorted(lat);
+        let base = raw.as_ref().map(|_| Sys::RedisRaw);
+        res.push(W, case, Sys::TieredScoped, "p50", "us", pct(&s, 50.0), base);
+        res.push(W, case, Sys::TieredScoped, "p99", "us", pct(&s, 99.0), base);
+        if let Some(raw) = &raw {
+            let mut lat = Vec::with_capacity(trials);
+            for _ in 0..trials {
+                match raw.round_trip(&mut conn).await {
+                    Ok(d) => lat.push(ns(d) / 1e3),
+                    Err(e) => {
+                        res.mark(W, "", Sys::RedisRaw, Status::Failed(e));
+                        break;
+                    }
+                }
+            }
+            let s = sorted(lat);
+            res.push(W, case, Sys::RedisRaw, "p50", "us", pct(&s, 50.0), base);
+            res.push(W, case, Sys::RedisRaw, "p99", "us", pct(&s, 99.0), base);
+        }
+    }
+}
+
+/// A raw RESP3 connection with `CLIENT TRACKING ON BCAST PREFIX rawtrk:`, counting the
+/// invalidation pushes it receives (what a user would write by hand to hear writes).
+struct RawTracking {
+    _conn: MultiplexedConnection,
+    received: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawTracking {
+    async fn new(url: &str) -> Result<RawTracking, String> {
+        let info = redis::Client::open(url)
+            .map_err(|e| e.to_string())?
+            .get_connection_info()
+            .clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(redis::ProtocolVersion::RESP3);
+        let client =
+            redis::Client::open(info.set_redis_settings(settings)).map_err(|e| e.to_string())?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<redis::PushInfo>();
+        let config = redis::AsyncConnectionConfig::new().set_push_sender(tx);
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _: () = redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("BCAST")
+            .arg("PREFIX")
+            .arg("rawtrk:")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let received = Arc::new(AtomicU64::new(0));
+        let task = {
+            let received = Arc::clone(&received);
+            tokio::spawn(async move {
+                while let Some(push) = rx.recv().await {
+                    if push.kind == redis::PushKind::Invalidate {
+                        received.fetch_add(1, Ordering::AcqRel);
+                    }
+                }
+            })
+        };
+        Ok(RawTracking {
+            _conn: conn,
+            received,
+            task,
+        })
+    }
+
+    /// `SET` (waits for its push), then times a `DEL` until its push arrived.
+    async fn round_trip(&self, conn: &mut MultiplexedConnection) -> Result<Duration, String> {
+        let n = self.received.load(Ordering::Acquire);
+        let _: () = redis::cmd("SET")
+            .arg("rawtrk:x")
+            .arg("v")
+            .query_async(conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let received = &self.received;
+        if !wait_until(
+            || received.load(Ordering::Acquire) > n,
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            return Err("no push for a SET within 2 s".into());
+        }
+        let n = received.load(Ordering::Acquire);
+        let t0 = Instant::now();
+        let _: i64 = redis::cmd("DEL")
+            .arg("rawtrk:x")
+            .query_async(conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        if wait_until(
+            || received.load(Ordering::Acquire) > n,
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok(t0.elapsed())
+        } else {
+            Err("no push for a DEL within 2 s".into())
+        }
+    }
+}
+
+impl Drop for RawTracking {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// W4b, one trial: `Ok(true)` when the invalidation was lost.
 async fn w4b_trial(w: &World, sys: Sys) -> Result<bool, String> {
     let id = fresh(&NEXT_W4, 1);
@@ -2865,7 +3080,7 @@ fn status_text(s: &Status) -> String {
     }
 }
 
-const WORKLOADS: [(&str, &str); 12] = [
+const WORKLOADS: [(&str, &str); 13] = [
     (
         "W1",
         "L1 hit (batches of 64 timed; baseline moka-future get+clone)",
@@ -2882,6 +3097,10 @@ const WORKLOADS: [(&str, &str); 12] = [
     (
         "W4",
         "invalidation propagation A -> B (baseline raw PUBLISH -> receive)",
+    ),
+    (
+        "W4t",
+        "client tracking: another program's DEL -> B evicts (baseline raw CLIENT TRACKING push)",
     ),
     ("W4b", "invalidation right after B's build(): lost"),
     (
@@ -3172,7 +3391,7 @@ fn main() {
     let mut res = Results::default();
 
     // K2 prints reference rows on the single server.
-    let needs_redis = ["W1", "W2", "W3", "W3B", "W4", "W4B", "W4C", "W5"]
+    let needs_redis = ["W1", "W2", "W3", "W3B", "W4", "W4T", "W4B", "W4C", "W5"]
         .iter()
         .any(|w| plan.runs(w))
         || plan.runs_k("K2");
@@ -3298,6 +3517,11 @@ async fn run_workloads(plan: Plan, url: Option<String>, mut o: Outcome) -> Outco
             let t = Instant::now();
             w4(&w, &plan, res).await;
             println!("W4 done in {:.1} s", t.elapsed().as_secs_f64());
+        }
+        if plan.runs("W4t") {
+            let t = Instant::now();
+            w4t(&w, &plan, res).await;
+            println!("W4t done in {:.1} s", t.elapsed().as_secs_f64());
         }
         for which in ["W4b", "W4c"] {
             if plan.runs(which) {

@@ -78,4 +78,18 @@ async fn lazy_default_then_install_once_then_from_env() {
         .await
         .expect("build");
     assert_eq!(overridden.config().namespace(), "explicit");
+    assert!(!overridden.config().client_tracking());
+
+    // TIERED_CLIENT_TRACKING turns client tracking on; a wrong value names its field.
+    // SAFETY: as above.
+    unsafe { std::env::set_var("TIERED_CLIENT_TRACKING", "on") };
+    let tracked = tiered::Builder::from_env().build().await.expect("tracking");
+    assert!(tracked.config().client_tracking());
+    assert!(tracked.stats().tracking);
+    unsafe { std::env::set_var("TIERED_CLIENT_TRACKING", "maybe") };
+    match tiered::Builder::from_env().build().await {
+        Err(tiered::Error::Config { field, .. }) => assert_eq!(field, "client_tracking"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    unsafe { std::env::remove_var("TIERED_CLIENT_TRACKING") };
 }

@@ -483,3 +483,26 @@ async fn concurrent_callers_of_a_missing_key_still_run_the_body_once() {
         sa.lease_waits + sb.lease_waits
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_tracking_link_is_noticed_by_its_heartbeat() {
+    const NS: &str = "trk-halfopen";
+    let redis = RedisServer::start();
+    let proxy = support::Proxy::start(redis.addr()).await;
+    let a = tracking_runtime(&proxy.url(), NS).await;
+    assert_eq!(warm(&a, NS, 1).await, "item 1 v0");
+    let flushes = a.stats().total.l1_flushes_tracking;
+    // Every connection but the subscriber's goes silent, the tracking one among them: no
+    // error, no close, no push.
+    let start = Instant::now();
+    proxy.set_mode_where(support::Mode::Blackhole, support::Target::Data);
+    wait_until("the heartbeat noticed", || {
+        a.stats().total.l1_flushes_tracking > flushes && !a.stats().tracking
+    })
+    .await;
+    eprintln!(
+        "half-open tracking link noticed (L1 flushed) after {:?}",
+        start.elapsed()
+    );
+    assert!(a.stats().subscribed, "the bus was not touched");
+}

@@ -201,6 +201,11 @@ async fn the_documented_metrics_move() {
     assert_eq!(counter("l2_errors"), 0);
     assert_eq!(r.gauge("tiered_l2_connected{namespace=obs}"), Some(1.0));
     assert_eq!(r.gauge("tiered_subscribed{namespace=obs}"), Some(1.0));
+    assert_eq!(
+        r.gauge("tiered_tracking{namespace=obs}"),
+        Some(0.0),
+        "client tracking is off by default"
+    );
     assert_eq!(r.gauge("tiered_l2_breakers_open{namespace=obs}"), Some(0.0));
     assert!(r.gauge("tiered_l1_entries{namespace=obs}").is_some());
     let bodies = r.samples(&format!("tiered_body_seconds{{{site}}}"));
