@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench --bench runner -- --quick          # < 2 min on 2 cores (release build excluded)
 //! cargo bench --bench runner                     # full run (K workloads included), < 10 min
-//! cargo bench --bench runner -- --only W1,W4b    # some workloads only (W1 W2 W3 W3b W4 W4b W4c W5 W6
+//! cargo bench --bench runner -- --only W1,W4b    # some workloads only (W1 W2 W3 W3b W4 W4t W4b W4c W5 W6
 //!                                                # K2 K4 K5)
 //! cargo bench --bench runner -- --quick --only K2,K4,K5   # the Redis Cluster workloads, ~25 s
 //! cargo bench --bench runner -- --out DIR        # default target/tiered-bench/ of the workspace
@@ -80,6 +80,9 @@
 //!   applied it (tiered: B's `invalidations_received`, bumped after the eviction;
 //!   multi-tier-cache: B's L1 no longer has the key), p50/p99/max, against a raw `PUBLISH` →
 //!   subscriber receive in the same run; Redis commands and reads per invalidation.
+//! * **W4t client tracking**: another program `DEL`s a key that instance B (`client_tracking`
+//!   on) holds in L1; time until B evicted it (`tracking_evictions` moved), against a raw RESP3
+//!   connection with `CLIENT TRACKING ON BCAST` receiving the push of the same kind of `DEL`.
 //! * **W4b**: a new instance B is built, reads the key (L2 hit into its L1), and A invalidates
 //!   it right away; lost = B still returns the old value 50 ms later.
 //! * **W4c**: B's body is running (it read the old data) when A writes new data and
