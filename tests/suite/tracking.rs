@@ -506,3 +506,30 @@ async fn a_half_open_tracking_link_is_noticed_by_its_heartbeat() {
     );
     assert!(a.stats().subscribed, "the bus was not touched");
 }
+
+fn clients(redis: &RedisServer) -> usize {
+    let info: String = redis.cmd(&[b"INFO", b"clients"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_and_the_last_drop_close_the_tracking_connection() {
+    const NS: &str = "trk-close";
+    let redis = RedisServer::start();
+    let before = clients(&redis);
+    let a = tracking_runtime(&redis.url(), NS).await;
+    assert!(clients(&redis) > before);
+    bounded("shutdown", a.shutdown()).await;
+    wait_until("every connection closed", || clients(&redis) == before).await;
+    assert!(!a.stats().tracking);
+    let b = tracking_runtime(&redis.url(), NS).await;
+    assert!(clients(&redis) > before);
+    drop(b);
+    wait_until("every connection closed after the drop", || {
+        clients(&redis) == before
+    })
+    .await;
+}

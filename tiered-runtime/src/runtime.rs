@@ -383,7 +383,8 @@ impl Runtime {
     /// flight finish (their fills land or their leases are released), queued background writes
     /// land (what cannot within the bound is dropped and counted in
     /// `background_writes_dropped`), leases awaiting release get a last attempt, the
-    /// invalidation subscription ends and the connection closes; every task of the instance
+    /// invalidation subscription (and the client-tracking connection) ends and the connection
+    /// closes; every task of the instance
     /// ends. Afterwards memoized calls through this runtime still answer, from L1 or by
     /// computing, without Redis; invalidations evict locally and return [`Error::Shutdown`].
     /// Dropping the last handle of a runtime does the same in the background. Calling it again
