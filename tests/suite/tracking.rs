@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{BodyRuns, RedisServer, bounded, wait_until};
+use support::{BodyRuns, RedisServer, bounded, clients, wait_until};
 use tiered::{Runtime, tiered_cache};
 
 /// The "database": the current text of each item.
@@ -44,17 +44,7 @@ fn key(ns: &str, id: u64) -> String {
 }
 
 async fn tracking_runtime(url: &str, ns: &str) -> Runtime {
-    bounded(
-        "build",
-        Runtime::builder()
-            .namespace(ns)
-            .redis_url(url)
-            .connect_timeout(Duration::from_millis(500))
-            .client_tracking(true)
-            .build(),
-    )
-    .await
-    .expect("runtime with client tracking")
+    support::build(support::builder(url, ns).client_tracking(true)).await
 }
 
 fn evictions(rt: &Runtime) -> u64 {
@@ -315,18 +305,12 @@ fn allow_tracking(redis: &RedisServer, user: &str) {
 }
 
 async fn runtime_as(url: &str, ns: &str, degraded: Duration) -> Runtime {
-    bounded(
-        "build",
-        Runtime::builder()
-            .namespace(ns)
-            .redis_url(url)
-            .connect_timeout(Duration::from_millis(500))
+    support::build(
+        support::builder(url, ns)
             .degraded_l1_ttl(degraded)
-            .client_tracking(true)
-            .build(),
+            .client_tracking(true),
     )
     .await
-    .expect("runtime with client tracking")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,14 +489,6 @@ async fn a_half_open_tracking_link_is_noticed_by_its_heartbeat() {
         start.elapsed()
     );
     assert!(a.stats().subscribed, "the bus was not touched");
-}
-
-fn clients(redis: &RedisServer) -> usize {
-    let info: String = redis.cmd(&[b"INFO", b"clients"]);
-    info.lines()
-        .find_map(|l| l.strip_prefix("connected_clients:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

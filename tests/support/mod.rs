@@ -27,16 +27,28 @@ pub fn is_lease(bytes: &[u8]) -> bool {
 
 /// A runtime on `url` in namespace `ns` (connect timeout 500 ms), built within [`BOUND`].
 pub async fn runtime(url: &str, ns: &str) -> tiered::Runtime {
-    bounded(
-        "build",
-        tiered::Runtime::builder()
-            .namespace(ns)
-            .redis_url(url)
-            .connect_timeout(Duration::from_millis(500))
-            .build(),
-    )
-    .await
-    .expect("runtime")
+    build(builder(url, ns)).await
+}
+
+/// The tests' builder: `url`, namespace `ns`, connect timeout 500 ms.
+pub fn builder(url: &str, ns: &str) -> tiered::Builder {
+    tiered::Runtime::builder()
+        .namespace(ns)
+        .redis_url(url)
+        .connect_timeout(Duration::from_millis(500))
+}
+
+/// Builds within [`BOUND`]; fails the test on an error.
+pub async fn build(b: tiered::Builder) -> tiered::Runtime {
+    bounded("build", b.build()).await.expect("runtime")
+}
+
+/// The number of clients connected to `redis` (the test's own `INFO` connection included).
+pub fn clients(redis: &RedisServer) -> usize {
+    redis
+        .info_field("connected_clients")
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Makes `RUST_LOG=debug cargo test` show the runtime's logs (and installs the log capture of

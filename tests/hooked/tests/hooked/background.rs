@@ -6,7 +6,7 @@ use crate::support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use support::{RedisServer, bounded, wait_until};
+use support::{RedisServer, bounded, clients, wait_until};
 use tiered::{Runtime, tiered_cache};
 
 static RUNS: AtomicUsize = AtomicUsize::new(0);
@@ -29,16 +29,6 @@ async fn runtime(url: &str, queue: usize) -> Runtime {
     )
     .await
     .expect("runtime")
-}
-
-/// The number of clients connected to the server (the test's own `INFO` connection
-/// included).
-fn clients(redis: &RedisServer) -> usize {
-    let info: String = redis.cmd(&[b"INFO", b"clients"]);
-    info.lines()
-        .find_map(|l| l.strip_prefix("connected_clients:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// The caller returns before its value is written: while the writer is held, Redis holds only

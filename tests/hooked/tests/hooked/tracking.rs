@@ -33,18 +33,12 @@ fn key(ns: &str, id: u64) -> String {
 }
 
 async fn tracking_runtime(url: &str, ns: &str, queue: usize) -> Runtime {
-    bounded(
-        "build",
-        Runtime::builder()
-            .namespace(ns)
-            .redis_url(url)
-            .connect_timeout(Duration::from_millis(500))
+    support::build(
+        support::builder(url, ns)
             .bus_queue(queue)
-            .client_tracking(true)
-            .build(),
+            .client_tracking(true),
     )
     .await
-    .expect("runtime with client tracking")
 }
 
 fn evictions(rt: &Runtime) -> u64 {
