@@ -243,9 +243,9 @@ impl FlightGuard {
     /// Ends the flight and hands `outcome` to every follower. Under the flight's own lock,
     /// `store` runs unless the flight was poisoned or doubted (returns whether it ran, and
     /// `true` for a doubted flight: its value is not refused, only kept out of L1); then the
-    /// entry is
-    /// removed, so a caller arriving afterwards finds the stored value or starts afresh. The
-    /// outcome is made only when followers are waiting (no copy of the value otherwise).
+    /// entry is removed, so a caller arriving afterwards finds the stored value or starts
+    /// afresh. The outcome is made only when followers are waiting (no copy of the value
+    /// otherwise).
     pub(crate) fn complete(
         mut self,
         outcome: impl FnOnce() -> Shared,
