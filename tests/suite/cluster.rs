@@ -175,6 +175,50 @@ async fn scenario_29_tenants_spread_over_every_master_and_invalidations_reach_ev
     println!(
         "scenario 29 (sharded bus): invalidations reached D; shard messages sent over the cluster bus {shard_published} (no replicas: 0 expected)"
     );
+
+    // Tags on the cluster (sharded bus): the tag generations live in the generations hash on
+    // one master, the tagged keys on every master; one call drops a tenant's entries in both
+    // instances and spares the other tenants'.
+    for t in tenants {
+        for rt in [&c, &d] {
+            assert_eq!(
+                rt.scope(tagged(t.to_owned(), 1)).await,
+                format!("tagged {t}/1")
+            );
+        }
+    }
+    assert_eq!(TAGGED_RUNS.load(Ordering::SeqCst), 6, "D read C's values");
+    let received = d.stats().total.invalidations_received;
+    c.invalidate_tag("tenant:{acme}")
+        .await
+        .expect("invalidate_tag");
+    wait_until("D to hear the tag", || {
+        d.stats().total.invalidations_received > received
+    })
+    .await;
+    for t in tenants {
+        for rt in [&c, &d] {
+            assert_eq!(
+                rt.scope(tagged(t.to_owned(), 1)).await,
+                format!("tagged {t}/1")
+            );
+        }
+    }
+    assert_eq!(
+        TAGGED_RUNS.load(Ordering::SeqCst),
+        7,
+        "only {{acme}}'s entry was recomputed, once for both instances"
+    );
+    let (sc, sd) = (c.stats().total, d.stats().total);
+    assert_eq!((sc.l2_errors, sd.l2_errors), (0, 0));
+}
+
+static TAGGED_RUNS: AtomicU64 = AtomicU64::new(0);
+
+#[tiered_cache(key = "tagged:<tenant>:<id>", ttl = "60s", promote = 1, tags = ["tenant:<tenant>"])]
+async fn tagged(tenant: String, id: u64) -> String {
+    TAGGED_RUNS.fetch_add(1, Ordering::SeqCst);
+    format!("tagged {tenant}/{id}")
 }
 
 /// The node that holds the invalidation subscription dies: the subscriber notices, flushes L1
