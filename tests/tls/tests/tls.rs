@@ -159,7 +159,7 @@ async fn scenario_17_tls_with_a_generated_ca_works() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_17_mutual_tls() {
     let pki = Pki::generate();
-    let (_redis, port) = pki.server("yes");
+    let (redis, port) = pki.server("yes");
     let url = format!("rediss://localhost:{port}/");
     let with_cert = build(
         Runtime::builder()
@@ -172,6 +172,25 @@ async fn scenario_17_mutual_tls() {
     .expect("mutual TLS with the client certificate");
     assert!(with_cert.stats().l2_connected && with_cert.stats().subscribed);
     assert_eq!(item(&with_cert, 2).await, 14);
+    // Client tracking's connection of its own uses the same TLS settings (CA, certificate).
+    let tracked = build(
+        Runtime::builder()
+            .namespace("mtls")
+            .redis_url(url.as_str())
+            .tls_ca_pem(pki.ca.as_bytes())
+            .tls_client_cert_pem(pki.client_cert.as_bytes(), pki.client_key.as_bytes())
+            .client_tracking(true),
+    )
+    .await
+    .expect("client tracking over mutual TLS");
+    assert!(tracked.stats().tracking);
+    let key = tracked.key(&ITEM, &[&2u64]).expect("key");
+    let evictions = tracked.stats().total.tracking_evictions;
+    redis.cmd::<()>(&[b"DEL", key.as_str().as_bytes()]);
+    wait_until("the DEL reported over TLS", || {
+        tracked.stats().total.tracking_evictions > evictions
+    })
+    .await;
     let t = Instant::now();
     let without = build(
         Runtime::builder()
