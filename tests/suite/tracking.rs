@@ -142,7 +142,7 @@ async fn a_del_from_redis_cli_evicts_l1_in_every_instance() {
         }
     }
 
-    // The delay from the end of another program's `DEL` to both evictions, over many keys
+    // The delay from another program's `DEL` (sent) to both evictions, over many keys
     // (a plain connection, as redis-cli uses).
     const KEYS: u64 = 200;
     for id in 100..100 + KEYS {
